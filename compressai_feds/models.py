@@ -1,0 +1,284 @@
+"""The FEDS teacher and student codecs (Fu et al., arXiv 2503.06399, Sec. 3.1)."""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Mapping, Sequence
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from compressai.layers import (
+    ResidualBlock,
+    ResidualBlockUpsample,
+    ResidualBlockWithStride,
+    conv3x3,
+    subpel_conv3x3,
+)
+from compressai.models import SimpleVAECompressionModel
+from compressai.models.utils import conv
+from compressai.ops import compute_padding
+from compressai.registry import register_model
+from torch import Tensor
+
+from .entropy_coding import channel_wise_hyperprior
+from .layers import SwinV2AttentionBlock
+
+__all__ = ["FEDSCodec", "FEDSTeacher", "FEDSStudent", "FEATURE_NAMES"]
+
+#: Total down-sampling of the image: 4 stride-2 stages in ``g_a``, 2 in ``h_a``.
+PAD_MULTIPLE = 2**6
+
+#: Intermediate tensors returned by ``forward(x, return_features=True)``: the
+#: outputs of analysis stages 1-3 (1/2, 1/4, 1/8 resolution), the latent ``y``
+#: (1/16) and the outputs of synthesis stages 1-3 (1/8, 1/4, 1/2 resolution).
+FEATURE_NAMES = (
+    "analysis_1",
+    "analysis_2",
+    "analysis_3",
+    "y",
+    "synthesis_1",
+    "synthesis_2",
+    "synthesis_3",
+)
+
+
+def _attention(dim: int, enabled: bool, window_size: int) -> list[nn.Module]:
+    return [SwinV2AttentionBlock(dim, window_size)] if enabled else []
+
+
+def _analysis_stage(N: int, num_res_blocks: int, attention: bool, window_size: int) -> nn.Sequential:
+    """Halves the resolution, then refines with residual blocks and attention."""
+    return nn.Sequential(
+        ResidualBlockWithStride(N, N, stride=2),
+        *(ResidualBlock(N, N) for _ in range(num_res_blocks)),
+        *_attention(N, attention, window_size),
+    )
+
+
+def _synthesis_stage(
+    N: int, num_res_blocks: int, attention: bool, window_size: int
+) -> nn.Sequential:
+    """Refines with residual blocks and attention, then doubles the resolution."""
+    return nn.Sequential(
+        *(ResidualBlock(N, N) for _ in range(num_res_blocks)),
+        *_attention(N, attention, window_size),
+        ResidualBlockUpsample(N, N, upsample=2),
+    )
+
+
+def _check_image(x: Any) -> None:
+    if not isinstance(x, Tensor) or x.dim() != 4 or x.size(1) != 3:
+        shape = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
+        raise ValueError(f"expected an RGB image batch of shape (B, 3, H, W), got {shape}")
+    if not x.is_floating_point():
+        raise ValueError(f"expected a float image in [0, 1], got dtype {x.dtype}")
+
+
+class FEDSCodec(SimpleVAECompressionModel):
+    r"""Learned image codec with residual/attention transforms and a channel-wise
+    context entropy model; the common architecture of the FEDS teacher and student.
+
+    .. code-block:: none
+
+        x ─► g_a: [stage 1][stage 2][stage 3][stage 4] ─► y ─► hyperprior +
+             channel-wise context (slices, LRP) ─► y_hat ─► g_s: [stage 1]
+             [stage 2][stage 3][stage 4] ─► x_hat
+
+    Analysis stage 1 is a strided 5×5 convolution; stages 2-3 each halve the
+    resolution with a :class:`~compressai.layers.ResidualBlockWithStride` and
+    add ``num_res_blocks`` residual blocks; stage 4 maps to the ``M`` latent
+    channels. Synthesis mirrors it with
+    :class:`~compressai.layers.ResidualBlockUpsample` and a final sub-pixel
+    convolution. No residual block runs at 1/2 or full resolution, where they
+    would dominate the cost. With ``attention``, Swin-V2 window attention
+    runs at 1/8 and 1/16 resolution: after analysis stages 3-4 and before the
+    up-sampling of synthesis stages 1-2 (at 1/4 resolution it would double the
+    teacher's training time).
+
+    Inputs of any size are padded to a multiple of 64 and outputs cropped back.
+    The entropy model always runs in fp32, also under autocast, so that the
+    likelihoods and the rate are never computed in reduced precision.
+
+    Args:
+        N: Channels of the transforms and of the hyper-latent.
+        M: Channels of the latent ``y``.
+        groups: Channels of each latent slice, coded in order (sum ``M``).
+        num_res_blocks: Extra residual blocks per transform stage.
+        attention: Whether to insert Swin-V2 attention modules.
+        window_size: Attention window side (a run-time setting: it is not
+            stored in the weights).
+    """
+
+    def __init__(
+        self,
+        N: int,
+        M: int,
+        groups: Sequence[int],
+        num_res_blocks: int,
+        attention: bool,
+        window_size: int = 8,
+    ) -> None:
+        super().__init__()
+        self.N, self.M, self.groups = N, M, list(groups)
+        self.g_a = nn.Sequential(
+            # A plain strided stem keeps full-resolution work small (and torch
+            # 2.14's channels_last backward of the 1x1 stride-2 skip conv of
+            # ResidualBlockWithStride(3, N) crashes).
+            nn.Sequential(conv(3, N, kernel_size=5, stride=2)),
+            _analysis_stage(N, num_res_blocks, False, window_size),
+            _analysis_stage(N, num_res_blocks, attention, window_size),
+            nn.Sequential(conv3x3(N, M, stride=2), *_attention(M, attention, window_size)),
+        )
+        self.g_s = nn.Sequential(
+            nn.Sequential(
+                *_attention(M, attention, window_size),
+                ResidualBlock(M, N),
+                ResidualBlockUpsample(N, N, upsample=2),
+            ),
+            _synthesis_stage(N, num_res_blocks, attention, window_size),
+            _synthesis_stage(N, num_res_blocks, False, window_size),
+            nn.Sequential(subpel_conv3x3(N, 3, 2)),
+        )
+        self.latent_codec = channel_wise_hyperprior(M, N, groups)
+
+    def forward(self, x: Tensor, return_features: bool = False) -> dict[str, Any]:
+        """Training/evaluation pass with noise or straight-through quantization.
+
+        Returns ``x_hat`` and ``likelihoods`` (``"y"``: per-element likelihoods
+        of the latent, shape ``(B, M, H/16, W/16)``; ``"z"``: of the
+        hyper-latent), like CompressAI's models. With ``return_features``, also
+        ``"features"``: a dict of the tensors named in :data:`FEATURE_NAMES`,
+        computed on the input padded to a multiple of 64.
+        """
+        _check_image(x)
+        pad, unpad = compute_padding(x.size(2), x.size(3), min_div=PAD_MULTIPLE)
+        h = F.pad(x, pad)
+        features: dict[str, Tensor] = {}
+        for i, stage in enumerate(self.g_a[:-1], start=1):
+            h = stage(h)
+            features[f"analysis_{i}"] = h
+        y = self.g_a[-1](h)
+        features["y"] = y
+        with torch.autocast(x.device.type, enabled=False):
+            y_out = self.latent_codec(y.float())
+        h = y_out["y_hat"]
+        for i, stage in enumerate(self.g_s[:-1], start=1):
+            h = stage(h)
+            features[f"synthesis_{i}"] = h
+        x_hat = F.pad(self.g_s[-1](h), unpad)
+        out = {"x_hat": x_hat, "likelihoods": y_out["likelihoods"]}
+        if return_features:
+            out["features"] = features
+        return out
+
+    @torch.no_grad()
+    def compress(self, x: Tensor) -> dict[str, Any]:
+        """Entropy-codes ``x`` with rANS.
+
+        Returns ``strings`` (one list of bytes per latent slice, then one for
+        the hyper-latent; one entry per batch item), ``shape`` (the image's
+        ``(H, W)``, all :meth:`decompress` needs besides the strings) and
+        ``y_hat``, the quantized latent the decoder will reconstruct.
+        """
+        _check_image(x)
+        image_size = (x.size(2), x.size(3))
+        pad, _ = compute_padding(*image_size, min_div=PAD_MULTIPLE)
+        y = self.g_a(F.pad(x, pad))
+        out = self.latent_codec.compress(y.float())
+        return {"strings": out["strings"], "shape": image_size, "y_hat": out["y_hat"]}
+
+    @torch.no_grad()
+    def decompress(self, strings: list[list[bytes]], shape: Sequence[int], **kwargs) -> dict[str, Any]:
+        """Decodes the output of :meth:`compress` into ``{"x_hat": image}``."""
+        if len(strings) != len(self.groups) + 1:
+            raise ValueError(
+                f"expected {len(self.groups) + 1} bitstreams (one per latent slice and "
+                f"one for the hyper-latent), got {len(strings)}"
+            )
+        height, width = (int(s) for s in shape)
+        pad, _ = compute_padding(height, width, min_div=PAD_MULTIPLE)
+        y_size = ((height + pad[2] + pad[3]) // 16, (width + pad[0] + pad[1]) // 16)
+        latent_shape = {
+            "y": [(channels, *y_size) for channels in self.groups],
+            "hyper": (y_size[0] // 4, y_size[1] // 4),
+        }
+        y_hat = self.latent_codec.decompress(strings, latent_shape)["y_hat"]
+        return {"x_hat": self.synthesize(y_hat, (height, width))}
+
+    def synthesize(self, y_hat: Tensor, image_size: Sequence[int]) -> Tensor:
+        """Decodes a quantized latent into an image of ``image_size``, clamped to [0, 1]."""
+        pad, unpad = compute_padding(*image_size, min_div=PAD_MULTIPLE)
+        return F.pad(self.g_s(y_hat), unpad).clamp_(0, 1)
+
+    @classmethod
+    def from_state_dict(cls, state_dict: Mapping[str, Tensor]) -> FEDSCodec:
+        """Builds the codec a state dict was saved from and loads it."""
+        try:
+            config = _config_from_state_dict(state_dict)
+        except (KeyError, IndexError) as exc:
+            raise ValueError(
+                f"this state dict is not from a {cls.__name__} (missing {exc})"
+            ) from None
+        net = cls(**config)
+        net.load_state_dict(state_dict)
+        return net
+
+
+def _config_from_state_dict(state_dict: Mapping[str, Tensor]) -> dict[str, Any]:
+    """Reads the constructor arguments of a :class:`FEDSCodec` off its weights."""
+    groups = []
+    while (key := f"latent_codec.y.latent_codec.y{len(groups)}.lrp.2.weight") in state_dict:
+        groups.append(state_dict[key].size(0))
+    res_blocks = [k for k in state_dict if re.fullmatch(r"g_a\.1\.\d+\.conv1\.weight", k)]
+    if not groups or not res_blocks:
+        raise KeyError("latent slice or analysis-stage weights")
+    return {
+        "N": state_dict["g_a.0.0.weight"].size(0),
+        "M": state_dict["g_a.3.0.weight"].size(0),
+        "groups": groups,
+        "num_res_blocks": len(res_blocks) - 1,  # minus the strided block
+        "attention": any(".blocks.0.attn." in k for k in state_dict),
+    }
+
+
+@register_model("feds-teacher")
+class FEDSTeacher(FEDSCodec):
+    """FEDS teacher: wide transforms, extra residual blocks, Swin-V2 attention,
+    expanded latent and five uneven slices (paper, Sec. 3.1).
+
+    The defaults are sized to be trainable on a CPU; the paper-scale teacher is
+    ``FEDSTeacher(N=192, M=320, groups=(16, 16, 32, 64, 192))``.
+    """
+
+    def __init__(
+        self,
+        N: int = 96,
+        M: int = 256,
+        groups: Sequence[int] = (16, 16, 32, 64, 128),
+        num_res_blocks: int = 2,
+        attention: bool = True,
+        window_size: int = 8,
+    ) -> None:
+        super().__init__(N, M, groups, num_res_blocks, attention, window_size)
+
+
+@register_model("feds-student")
+class FEDSStudent(FEDSCodec):
+    """FEDS student: the teacher's interfaces with fewer channels, one residual
+    block per stage, no attention and two slices (paper, Sec. 3.1).
+
+    Its parameter count is at most 37% of the default teacher's and its
+    encode + decode time at most 27% (the paper's -63% and -73%).
+    """
+
+    def __init__(
+        self,
+        N: int = 48,
+        M: int = 160,
+        groups: Sequence[int] = (32, 128),
+        num_res_blocks: int = 1,
+        attention: bool = False,
+        window_size: int = 8,
+    ) -> None:
+        super().__init__(N, M, groups, num_res_blocks, attention, window_size)

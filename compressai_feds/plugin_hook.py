@@ -1,0 +1,117 @@
+"""Plugin discovery for CompressAI's model zoo.
+
+CompressAI looks models up in plain dicts (``compressai.zoo.image_models``,
+``compressai.zoo.image.model_architectures``, ...), with no plugin mechanism.
+This module fills them from the ``compressai.models`` entry-point group, for
+every installed package that declares it, so that CompressAI's own tools
+(``eval_model``, ``update_model``) see plugin models unchanged.
+
+An entry point names a zoo function ``f(quality, metric="mse",
+pretrained=False, progress=True, **kwargs)``; its architecture class is found in
+CompressAI's model registry under the same name (``@register_model(name)``) or
+as the function's ``architecture`` attribute.
+
+This file is installed twice: as ``compressai_feds.plugin_hook`` and as the
+top-level module ``compressai_plugin_hook``, imported at interpreter start-up by
+``compressai_plugin_hook.pth``. At start-up it only adds a finder to
+``sys.meta_path`` that waits for ``compressai.zoo`` to be imported: it imports
+neither torch nor compressai, and any failure is swallowed so that Python
+always starts.
+"""
+
+from __future__ import annotations
+
+import sys
+import warnings
+from types import ModuleType
+from typing import Any
+
+ENTRY_POINT_GROUP = "compressai.models"
+ZOO_MODULE = "compressai.zoo"
+
+__all__ = ["ENTRY_POINT_GROUP", "install", "register_plugins"]
+
+
+def _is_mid_import(module_name: str) -> bool:
+    """True while the entry point's package is itself being imported and the
+    module is not loaded yet: ``import compressai`` at the top of a plugin
+    imports ``compressai.zoo``, and loading the plugin then would be circular.
+    Such a plugin registers itself by calling :func:`register_plugins` at the
+    end of its ``__init__``."""
+
+    def initializing(name: str) -> bool:
+        spec = getattr(sys.modules.get(name), "__spec__", None)
+        return bool(getattr(spec, "_initializing", False))
+
+    if module_name in sys.modules and not initializing(module_name):
+        return False
+    parts = module_name.split(".")
+    return any(initializing(".".join(parts[:i])) for i in range(1, len(parts) + 1))
+
+
+def register_plugins(zoo: ModuleType | None = None) -> list[str]:
+    """Adds every ``compressai.models`` entry point to CompressAI's zoo and registry.
+
+    Safe to call repeatedly. A plugin that fails to load is skipped with a
+    warning; one whose package is mid-import is left for later. Returns the
+    names registered.
+    """
+    import importlib
+
+    import entrypoints
+    from compressai.registry import MODELS
+
+    zoo = zoo or importlib.import_module(ZOO_MODULE)
+    architectures: dict[str, Any] = importlib.import_module(ZOO_MODULE + ".image").model_architectures
+    registered = []
+    for entry_point in entrypoints.get_group_all(ENTRY_POINT_GROUP):
+        name = entry_point.name
+        if _is_mid_import(entry_point.module_name):
+            continue
+        try:
+            factory = entry_point.load()
+        except Exception as exc:  # a broken plugin must not break CompressAI
+            warnings.warn(f"CompressAI plugin model {name!r} failed to load: {exc}", stacklevel=2)
+            continue
+        architecture = MODELS.get(name) or getattr(factory, "architecture", None)
+        zoo.image_models[name] = factory
+        zoo.models[name] = factory
+        if architecture is not None:
+            architectures[name] = architecture
+            MODELS.setdefault(name, architecture)
+        registered.append(name)
+    return registered
+
+
+class _RegisterAfterZooImport:
+    """One-shot ``sys.meta_path`` finder: lets ``compressai.zoo`` load as usual,
+    then calls :func:`register_plugins` on it."""
+
+    def find_spec(self, fullname: str, path: Any = None, target: Any = None) -> Any:
+        if fullname != ZOO_MODULE:
+            return None
+        sys.meta_path.remove(self)
+        from importlib.util import find_spec
+
+        spec = find_spec(fullname)
+        if spec is None or spec.loader is None:
+            return spec
+        exec_module = spec.loader.exec_module
+
+        def exec_then_register(module: ModuleType) -> None:
+            exec_module(module)
+            try:
+                register_plugins(module)
+            except Exception as exc:
+                warnings.warn(f"CompressAI plugin registration failed: {exc}", stacklevel=2)
+
+        spec.loader.exec_module = exec_then_register
+        return spec
+
+
+def install() -> None:
+    """Registers plugins now if ``compressai.zoo`` is loaded, else when it is."""
+    if ZOO_MODULE in sys.modules:
+        register_plugins(sys.modules[ZOO_MODULE])
+    elif not any(isinstance(f, _RegisterAfterZooImport) for f in sys.meta_path):
+        sys.meta_path.insert(0, _RegisterAfterZooImport())
