@@ -13,7 +13,8 @@ residual prediction (ibid., Sec. 2.2), added by
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -135,8 +136,7 @@ def channel_wise_hyperprior(M: int, N: int, groups: Sequence[int]) -> Hyperprior
         f"y{k}": _channel_context(sum(groups[:k]), N, 2 * groups[k]) for k in range(1, len(groups))
     }
     slice_codecs = {
-        f"y{k}": _slice_codec(side_ch + (k > 0) * 2 * groups[k], groups[k], N)
-        for k in range(len(groups))
+        f"y{k}": _slice_codec(side_ch + (k > 0) * 2 * groups[k], groups[k], N) for k in range(len(groups))
     }
     return HyperpriorLatentCodec(
         latent_codec={

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import torch
 import torch.nn as nn
 from timm.models.swin_transformer_v2 import SwinTransformerV2Block
 from torch import Tensor
@@ -31,9 +30,7 @@ class SwinV2AttentionBlock(nn.Module):
         mlp_ratio: Width of the blocks' MLP relative to ``dim``.
     """
 
-    def __init__(
-        self, dim: int, window_size: int = 8, head_dim: int = 32, mlp_ratio: float = 2.0
-    ) -> None:
+    def __init__(self, dim: int, window_size: int = 8, head_dim: int = 32, mlp_ratio: float = 2.0) -> None:
         super().__init__()
         if dim % head_dim:
             raise ValueError(f"dim={dim} is not a multiple of head_dim={head_dim}")

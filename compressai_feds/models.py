@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import re
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -56,9 +57,7 @@ def _analysis_stage(N: int, num_res_blocks: int, attention: bool, window_size: i
     )
 
 
-def _synthesis_stage(
-    N: int, num_res_blocks: int, attention: bool, window_size: int
-) -> nn.Sequential:
+def _synthesis_stage(N: int, num_res_blocks: int, attention: bool, window_size: int) -> nn.Sequential:
     """Refines with residual blocks and attention, then doubles the resolution."""
     return nn.Sequential(
         *(ResidualBlock(N, N) for _ in range(num_res_blocks)),
@@ -217,9 +216,7 @@ class FEDSCodec(SimpleVAECompressionModel):
         try:
             config = _config_from_state_dict(state_dict)
         except (KeyError, IndexError) as exc:
-            raise ValueError(
-                f"this state dict is not from a {cls.__name__} (missing {exc})"
-            ) from None
+            raise ValueError(f"this state dict is not from a {cls.__name__} (missing {exc})") from None
         net = cls(**config)
         net.load_state_dict(state_dict)
         return net
