@@ -1,0 +1,159 @@
+"""Teacher vs student, measured in one run: size, real rANS encode/decode time,
+rate and quality, and optionally the cost of one training step.
+
+    python -m compressai_feds.benchmark [IMAGE_OR_DIR ...] [-q QUALITY] [--train-step]
+
+With no images, runs on the samples shipped in the package. Uses the zoo's
+checkpoints where they exist, else untrained weights (said so in the output):
+times and sizes are then real, rates and PSNR are not meaningful.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+from pathlib import Path
+from statistics import median
+
+import torch
+from compressai.losses import RateDistortionLoss
+from PIL import Image
+from torchvision.transforms.functional import to_tensor
+from tqdm import tqdm
+
+from .models import FEDSCodec
+from .zoo import LAMBDAS, feds_student, feds_teacher
+
+SAMPLES = Path(__file__).resolve().parent / "samples"
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".ppm"}
+
+
+def image_paths(inputs: list[str]) -> list[Path]:
+    """Expands files and folders into a sorted list of image files."""
+    paths: list[Path] = []
+    for item in inputs or [str(SAMPLES)]:
+        path = Path(item)
+        if path.is_dir():
+            paths += sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        elif path.is_file():
+            paths.append(path)
+        else:
+            raise SystemExit(f"error: {path} is neither an image file nor a folder")
+    if not paths:
+        raise SystemExit(f"error: no images in {', '.join(inputs)}")
+    return paths
+
+
+def load_codec(factory, quality: int) -> tuple[FEDSCodec, bool]:
+    """The zoo's pretrained codec if shipped, else an untrained one; and which."""
+    try:
+        return factory(quality=quality, pretrained=True).eval(), True
+    except FileNotFoundError:
+        net = factory(quality=quality).eval()
+        net.update(force=True)
+        return net, False
+
+
+def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
+    mse = torch.mean((a - b) ** 2).item()
+    return 10 * math.log10(1 / mse) if mse > 0 else float("inf")
+
+
+def measure_coding(net: FEDSCodec, images: list[torch.Tensor], name: str) -> dict[str, float]:
+    """Median encode/decode seconds per image, mean bpp and PSNR; checks that
+    every decode reproduces the encoder's reconstruction."""
+    net.compress(images[0][..., :64, :64])  # warm-up: first-call allocations
+    enc_times, dec_times, bpps, psnrs = [], [], [], []
+    for x in tqdm(images, desc=f"{name} encode/decode", unit="img", leave=False):
+        start = time.perf_counter()
+        enc = net.compress(x)
+        enc_times.append(time.perf_counter() - start)
+        start = time.perf_counter()
+        x_hat = net.decompress(enc["strings"], enc["shape"])["x_hat"]
+        dec_times.append(time.perf_counter() - start)
+        if not torch.equal(x_hat, net.synthesize(enc["y_hat"], enc["shape"])):
+            raise RuntimeError(f"{name}: decoded image differs from the encoder's reconstruction")
+        bpps.append(sum(len(s[0]) for s in enc["strings"]) * 8 / (x.size(2) * x.size(3)))
+        psnrs.append(psnr(x, x_hat))
+    return {
+        "encode_s": median(enc_times),
+        "decode_s": median(dec_times),
+        "bpp": sum(bpps) / len(bpps),
+        "psnr": sum(psnrs) / len(psnrs),
+    }
+
+
+def training_step_seconds(net: FEDSCodec, lmbda: float, batch: int = 8, size: int = 256, steps: int = 3) -> float:
+    """Mean seconds of one bf16-autocast, channels_last training step on random crops."""
+    net = net.train().to(memory_format=torch.channels_last)
+    optimizer = torch.optim.Adam(net.parameters(), lr=1e-5)
+    criterion = RateDistortionLoss(lmbda=lmbda)
+    x = torch.rand(batch, 3, size, size).contiguous(memory_format=torch.channels_last)
+    times = []
+    for _ in range(steps + 1):  # the first step warms up
+        start = time.perf_counter()
+        with torch.autocast(x.device.type, dtype=torch.bfloat16):
+            out = net(x)
+        loss = criterion(out, x)["loss"]
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        times.append(time.perf_counter() - start)
+    net.eval().to(memory_format=torch.contiguous_format)
+    return sum(times[1:]) / steps
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("images", nargs="*", help="image files or folders (default: the shipped samples)")
+    parser.add_argument("-q", "--quality", type=int, default=3, choices=range(1, 7))
+    parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--train-step", action="store_true", help="also time a bf16 training step")
+    parser.add_argument("--json", type=Path, help="also write the results to this JSON file")
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    paths = image_paths(args.images)
+    images = [to_tensor(Image.open(p).convert("RGB")).unsqueeze(0) for p in paths]
+    sizes = sorted({f"{x.size(3)}x{x.size(2)}" for x in images})
+    print(f"{len(images)} images ({', '.join(sizes)}), quality {args.quality}, {torch.get_num_threads()} threads")
+
+    results: dict[str, dict] = {}
+    for name, factory in (("teacher", feds_teacher), ("student", feds_student)):
+        torch.manual_seed(0)
+        net, pretrained = load_codec(factory, args.quality)
+        row = {"pretrained": pretrained, "parameters": sum(p.numel() for p in net.parameters())}
+        row.update(measure_coding(net, images, name))
+        if args.train_step:
+            row["train_step_s"] = training_step_seconds(net, LAMBDAS["mse"][args.quality])
+        results[name] = row
+
+    teacher, student = results["teacher"], results["student"]
+    ratios = {
+        "parameters": student["parameters"] / teacher["parameters"],
+        "encode+decode": (student["encode_s"] + student["decode_s"]) / (teacher["encode_s"] + teacher["decode_s"]),
+    }
+    if args.train_step:
+        ratios["train_step"] = student["train_step_s"] / teacher["train_step_s"]
+
+    print(f"{'model':8} {'weights':9} {'params':>11} {'encode s':>9} {'decode s':>9} {'bpp':>7} {'PSNR dB':>8}")
+    for name, row in results.items():
+        print(
+            f"{name:8} {'zoo' if row['pretrained'] else 'untrained':9} {row['parameters']:11,d} "
+            f"{row['encode_s']:9.3f} {row['decode_s']:9.3f} {row['bpp']:7.3f} {row['psnr']:8.2f}"
+            + (f"   train step {row['train_step_s']:.2f} s" if args.train_step else "")
+        )
+    print("student / teacher: " + ", ".join(f"{k} {v:.1%}" for k, v in ratios.items()))
+    if not (teacher["pretrained"] and student["pretrained"]):
+        print("note: untrained weights (no zoo checkpoint yet): times and sizes are real, bpp and PSNR are not.")
+    report = {"images": [str(p) for p in paths], "quality": args.quality, "models": results, "ratios": ratios}
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=2))
+    return report
+
+
+if __name__ == "__main__":
+    main()

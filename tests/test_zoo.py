@@ -1,0 +1,108 @@
+import hashlib
+import json
+import shutil
+
+import pytest
+import torch
+from helpers import run_python, sample_crops, train_briefly
+
+from compressai_feds import FEDSStudent, FEDSTeacher, feds_student, feds_teacher
+from compressai_feds.zoo import CHECKPOINT_DIR_ENV
+
+
+@pytest.fixture(scope="module")
+def exported_student(tmp_path_factory):
+    """A briefly trained student, saved like a training script would, then
+    exported to a zoo folder by CompressAI's own update_model."""
+    root = tmp_path_factory.mktemp("zoo")
+    torch.manual_seed(0)
+    net = train_briefly(FEDSStudent())
+    checkpoint = root / "trained.pth.tar"
+    torch.save({"state_dict": net.state_dict(), "epoch": 1}, checkpoint)
+    zoo = root / "zoo"
+    run_python(
+        "-m", "compressai.utils.update_model", "-a", "feds-student",
+        "-n", "feds-student-mse-1", "-d", str(zoo), str(checkpoint),
+    )  # fmt: skip
+    (exported,) = zoo.glob("feds-student-mse-1-*.pth.tar")
+    return exported
+
+
+def test_quality_and_metric_are_validated():
+    with pytest.raises(ValueError, match="invalid quality 7"):
+        feds_student(quality=7)
+    with pytest.raises(ValueError, match="invalid metric 'psnr'"):
+        feds_teacher(quality=1, metric="psnr")
+
+
+def test_untrained_models_take_constructor_arguments():
+    assert isinstance(feds_teacher(quality=2), FEDSTeacher)
+    assert feds_student(quality=2, N=32).N == 32
+
+
+def test_missing_checkpoint_names_architecture_metric_and_quality(tmp_path, monkeypatch):
+    monkeypatch.setenv(CHECKPOINT_DIR_ENV, str(tmp_path))
+    with pytest.raises(FileNotFoundError) as error:
+        feds_student(quality=3, metric="ms-ssim", pretrained=True)
+    message = str(error.value)
+    assert "feds-student" in message and "ms-ssim" in message and "quality=3" in message
+    assert str(tmp_path) in message
+
+
+def test_shipped_folder_without_checkpoints_raises_instead_of_random_weights(monkeypatch):
+    monkeypatch.delenv(CHECKPOINT_DIR_ENV, raising=False)
+    with pytest.raises(FileNotFoundError, match="no pretrained feds-teacher checkpoint"):
+        feds_teacher(quality=6, pretrained=True)
+
+
+def test_pretrained_loads_the_exported_checkpoint(exported_student, monkeypatch):
+    monkeypatch.setenv(CHECKPOINT_DIR_ENV, str(exported_student.parent))
+    net = feds_student(quality=1, pretrained=True)
+    state = torch.load(exported_student, weights_only=True)
+    assert all(torch.equal(net.state_dict()[k], v) for k, v in state.items())
+    x = torch.rand(1, 3, 64, 64)
+    enc = net.compress(x)  # CDFs came with the checkpoint: no update() needed
+    assert torch.equal(net.decompress(enc["strings"], enc["shape"])["x_hat"], net.synthesize(enc["y_hat"], (64, 64)))
+    with pytest.raises(ValueError, match="takes no architecture arguments"):
+        feds_student(quality=1, pretrained=True, N=32)
+
+
+def test_corrupted_checkpoint_is_refused(exported_student, tmp_path, monkeypatch):
+    corrupted = tmp_path / exported_student.name
+    shutil.copy(exported_student, corrupted)
+    with corrupted.open("r+b") as f:
+        f.seek(-10, 2)
+        f.write(b"\x00" * 10)
+    assert not hashlib.sha256(corrupted.read_bytes()).hexdigest().startswith(corrupted.name.split("-")[-1][:8])
+    monkeypatch.setenv(CHECKPOINT_DIR_ENV, str(tmp_path))
+    with pytest.raises(RuntimeError, match="corrupted"):
+        feds_student(quality=1, pretrained=True)
+
+
+def eval_model_results(*args: str, env: dict[str, str] | None = None) -> dict[str, list[float]]:
+    return json.loads(run_python("-m", "compressai.utils.eval_model", *args, env=env))["results"]
+
+
+def test_compressai_eval_model_runs_checkpoint_and_pretrained(exported_student, tmp_path):
+    images = sample_crops(tmp_path / "images", size=176)  # MS-SSIM needs > 160; padded to 192
+    from_checkpoint = eval_model_results(
+        "checkpoint", str(images), "-a", "feds-student", "-p", str(exported_student)
+    )
+    pretrained = eval_model_results(
+        "pretrained", str(images), "-a", "feds-student", "-q", "1",
+        env={CHECKPOINT_DIR_ENV: str(exported_student.parent)},
+    )  # fmt: skip
+    assert from_checkpoint["bpp"][0] > 0 and from_checkpoint["psnr-rgb"][0] > 0
+    assert pretrained["bpp"] == from_checkpoint["bpp"]
+    assert pretrained["psnr-rgb"] == from_checkpoint["psnr-rgb"]
+
+
+def test_compressai_update_model_exports_the_teacher(tmp_path):
+    checkpoint = tmp_path / "teacher.pth.tar"
+    torch.save({"state_dict": FEDSTeacher().state_dict()}, checkpoint)
+    run_python("-m", "compressai.utils.update_model", "-a", "feds-teacher", str(checkpoint), "-d", str(tmp_path / "out"))
+    (exported,) = (tmp_path / "out").glob("teacher-*.pth.tar")
+    net = FEDSTeacher.from_state_dict(torch.load(exported, weights_only=True)).eval()
+    assert net.latent_codec.hyper.entropy_bottleneck._quantized_cdf.numel() > 0  # CDFs were updated
+    enc = net.compress(torch.rand(1, 3, 64, 64))
+    assert torch.equal(net.decompress(enc["strings"], enc["shape"])["x_hat"], net.synthesize(enc["y_hat"], (64, 64)))
