@@ -85,7 +85,9 @@ def measure_coding(net: FEDSCodec, images: list[torch.Tensor], name: str) -> dic
     }
 
 
-def training_step_seconds(net: FEDSCodec, lmbda: float, batch: int = 8, size: int = 256, steps: int = 3) -> float:
+def training_step_seconds(
+    net: FEDSCodec, lmbda: float, batch: int = 8, size: int = 256, steps: int = 3
+) -> float:
     """Mean seconds of one bf16-autocast, channels_last training step on random crops."""
     net = net.train().to(memory_format=torch.channels_last)
     optimizer = torch.optim.Adam(net.parameters(), lr=1e-5)
@@ -106,7 +108,9 @@ def training_step_seconds(net: FEDSCodec, lmbda: float, batch: int = 8, size: in
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("images", nargs="*", help="image files or folders (default: the shipped samples)")
     parser.add_argument("-q", "--quality", type=int, default=3, choices=range(1, 7))
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
@@ -119,7 +123,9 @@ def main(argv: list[str] | None = None) -> dict:
     paths = image_paths(args.images)
     images = [to_tensor(Image.open(p).convert("RGB")).unsqueeze(0) for p in paths]
     sizes = sorted({f"{x.size(3)}x{x.size(2)}" for x in images})
-    print(f"{len(images)} images ({', '.join(sizes)}), quality {args.quality}, {torch.get_num_threads()} threads")
+    print(
+        f"{len(images)} images ({', '.join(sizes)}), quality {args.quality}, {torch.get_num_threads()} threads"
+    )
 
     results: dict[str, dict] = {}
     for name, factory in (("teacher", feds_teacher), ("student", feds_student)):
@@ -134,12 +140,15 @@ def main(argv: list[str] | None = None) -> dict:
     teacher, student = results["teacher"], results["student"]
     ratios = {
         "parameters": student["parameters"] / teacher["parameters"],
-        "encode+decode": (student["encode_s"] + student["decode_s"]) / (teacher["encode_s"] + teacher["decode_s"]),
+        "encode+decode": (student["encode_s"] + student["decode_s"])
+        / (teacher["encode_s"] + teacher["decode_s"]),
     }
     if args.train_step:
         ratios["train_step"] = student["train_step_s"] / teacher["train_step_s"]
 
-    print(f"{'model':8} {'weights':9} {'params':>11} {'encode s':>9} {'decode s':>9} {'bpp':>7} {'PSNR dB':>8}")
+    print(
+        f"{'model':8} {'weights':9} {'params':>11} {'encode s':>9} {'decode s':>9} {'bpp':>7} {'PSNR dB':>8}"
+    )
     for name, row in results.items():
         print(
             f"{name:8} {'zoo' if row['pretrained'] else 'untrained':9} {row['parameters']:11,d} "
@@ -148,7 +157,9 @@ def main(argv: list[str] | None = None) -> dict:
         )
     print("student / teacher: " + ", ".join(f"{k} {v:.1%}" for k, v in ratios.items()))
     if not (teacher["pretrained"] and student["pretrained"]):
-        print("note: untrained weights (no zoo checkpoint yet): times and sizes are real, bpp and PSNR are not.")
+        print(
+            "note: untrained weights (no zoo checkpoint yet): times and sizes are real, bpp and PSNR are not."
+        )
     report = {"images": [str(p) for p in paths], "quality": args.quality, "models": results, "ratios": ratios}
     if args.json:
         args.json.write_text(json.dumps(report, indent=2))

@@ -62,7 +62,9 @@ def test_pretrained_loads_the_exported_checkpoint(exported_student, monkeypatch)
     assert all(torch.equal(net.state_dict()[k], v) for k, v in state.items())
     x = torch.rand(1, 3, 64, 64)
     enc = net.compress(x)  # CDFs came with the checkpoint: no update() needed
-    assert torch.equal(net.decompress(enc["strings"], enc["shape"])["x_hat"], net.synthesize(enc["y_hat"], (64, 64)))
+    assert torch.equal(
+        net.decompress(enc["strings"], enc["shape"])["x_hat"], net.synthesize(enc["y_hat"], (64, 64))
+    )
     with pytest.raises(ValueError, match="takes no architecture arguments"):
         feds_student(quality=1, pretrained=True, N=32)
 
@@ -73,7 +75,9 @@ def test_corrupted_checkpoint_is_refused(exported_student, tmp_path, monkeypatch
     with corrupted.open("r+b") as f:
         f.seek(-10, 2)
         f.write(b"\x00" * 10)
-    assert not hashlib.sha256(corrupted.read_bytes()).hexdigest().startswith(corrupted.name.split("-")[-1][:8])
+    assert (
+        not hashlib.sha256(corrupted.read_bytes()).hexdigest().startswith(corrupted.name.split("-")[-1][:8])
+    )
     monkeypatch.setenv(CHECKPOINT_DIR_ENV, str(tmp_path))
     with pytest.raises(RuntimeError, match="corrupted"):
         feds_student(quality=1, pretrained=True)
@@ -100,9 +104,19 @@ def test_compressai_eval_model_runs_checkpoint_and_pretrained(exported_student, 
 def test_compressai_update_model_exports_the_teacher(tmp_path):
     checkpoint = tmp_path / "teacher.pth.tar"
     torch.save({"state_dict": FEDSTeacher().state_dict()}, checkpoint)
-    run_python("-m", "compressai.utils.update_model", "-a", "feds-teacher", str(checkpoint), "-d", str(tmp_path / "out"))
+    run_python(
+        "-m",
+        "compressai.utils.update_model",
+        "-a",
+        "feds-teacher",
+        str(checkpoint),
+        "-d",
+        str(tmp_path / "out"),
+    )
     (exported,) = (tmp_path / "out").glob("teacher-*.pth.tar")
     net = FEDSTeacher.from_state_dict(torch.load(exported, weights_only=True)).eval()
     assert net.latent_codec.hyper.entropy_bottleneck._quantized_cdf.numel() > 0  # CDFs were updated
     enc = net.compress(torch.rand(1, 3, 64, 64))
-    assert torch.equal(net.decompress(enc["strings"], enc["shape"])["x_hat"], net.synthesize(enc["y_hat"], (64, 64)))
+    assert torch.equal(
+        net.decompress(enc["strings"], enc["shape"])["x_hat"], net.synthesize(enc["y_hat"], (64, 64))
+    )
