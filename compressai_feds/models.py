@@ -171,6 +171,10 @@ class FEDSCodec(SimpleVAECompressionModel):
             out["features"] = features
         return out
 
+    def feature_channels(self) -> dict[str, int]:
+        """Channel count of each tensor named in :data:`FEATURE_NAMES`."""
+        return {name: self.M if name == "y" else self.N for name in FEATURE_NAMES}
+
     @torch.no_grad()
     def compress(self, x: Tensor) -> dict[str, Any]:
         """Entropy-codes ``x`` with rANS.

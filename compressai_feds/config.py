@@ -1,0 +1,136 @@
+"""One place for every training setting: stage lengths, loss weights, learning rates.
+
+Printed at the start of a run and saved as ``config.json`` beside every
+checkpoint; ``--config config.json`` reads it back.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from .models import FEATURE_NAMES
+from .zoo import LAMBDAS
+
+__all__ = ["Stage", "TrainingConfig", "default_stages"]
+
+
+@dataclass
+class Stage:
+    """One FEDS training stage (paper, Sec. 3.4).
+
+    Args:
+        name: ``feature_alignment``, ``channel_distillation`` or ``fine_tuning``.
+        steps: Optimisation steps of the stage.
+        lr: Learning rate of the main optimizer (×0.1 after ``lr_decay_at``).
+        feature_weight: Weight of the feature alignment loss.
+        channel_weight: Weight of the entropy-weighted channel loss.
+    """
+
+    name: str
+    steps: int
+    lr: float
+    feature_weight: float
+    channel_weight: float
+
+
+def default_stages() -> list[Stage]:
+    """Paper-like schedule: align features, then add channel-level distillation,
+    then fine-tune on rate-distortion alone at a lower learning rate."""
+    return [
+        Stage("feature_alignment", steps=100_000, lr=1e-4, feature_weight=1.0, channel_weight=0.0),
+        Stage("channel_distillation", steps=300_000, lr=1e-4, feature_weight=1.0, channel_weight=1.0),
+        Stage("fine_tuning", steps=100_000, lr=1e-5, feature_weight=0.0, channel_weight=0.0),
+    ]
+
+
+@dataclass
+class TrainingConfig:
+    """Everything a training run depends on besides its data.
+
+    ``data`` is the folder of training photographs, ``val`` a folder of a few
+    full images for validation. ``student`` is the model trained (a zoo name or a checkpoint to start
+    from), ``teacher`` the model distilled from (a zoo name, trained weights
+    from the zoo at ``quality``, or a checkpoint; ``None`` trains without
+    distillation, on rate-distortion alone, with the same stage schedule).
+    """
+
+    data: str = ""
+    val: str | None = None
+    student: str = "feds-student"
+    student_args: dict[str, Any] = field(default_factory=dict)
+    teacher: str | None = None
+    teacher_architecture: str = "feds-teacher"
+    quality: int = 3
+    metric: str = "mse"
+    lmbda: float | None = None
+    stages: list[Stage] = field(default_factory=default_stages)
+    batch_size: int = 8
+    crop_size: int = 256
+    aux_lr: float = 1e-3
+    clip_max_norm: float = 1.0
+    lr_decay_at: float = 0.9
+    fast: bool = True
+    noise_quantization: bool = True
+    feature_names: list[str] = field(default_factory=lambda: [n for n in FEATURE_NAMES if n != "y"])
+    attention_temperature: float = 1.0
+    channel_tau: float = 1.0
+    entropy_temperature: float = 1.0
+    seed: int = 0
+    workers: int = 2
+    cache_images: bool = False
+    log_every: int = 10
+    checkpoint_every: int = 200
+    val_every: int = 1000
+
+    def __post_init__(self) -> None:
+        self.stages = [Stage(**s) if isinstance(s, dict) else s for s in self.stages]
+        if self.metric not in LAMBDAS:
+            raise ValueError(f"metric must be one of {sorted(LAMBDAS)}, got {self.metric!r}")
+        if self.lmbda is None:
+            if self.quality not in LAMBDAS[self.metric]:
+                raise ValueError(f"quality must be 1..6, got {self.quality}")
+            self.lmbda = LAMBDAS[self.metric][self.quality]
+        unknown = set(self.feature_names) - set(FEATURE_NAMES)
+        if unknown:
+            raise ValueError(f"unknown feature names {sorted(unknown)}; choose from {FEATURE_NAMES}")
+        if not self.stages or any(s.steps < 0 for s in self.stages):
+            raise ValueError("stages must be a non-empty list with non-negative steps")
+
+    @property
+    def total_steps(self) -> int:
+        return sum(s.steps for s in self.stages)
+
+    def stage_at(self, step: int) -> tuple[Stage, float]:
+        """The stage that optimisation step ``step`` belongs to, and how far into
+        it the step is (0 to 1)."""
+        start = 0
+        for stage in self.stages:
+            if step < start + stage.steps:
+                return stage, (step - start) / stage.steps
+            start += stage.steps
+        return self.stages[-1], 1.0
+
+    def lr_at(self, step: int) -> float:
+        stage, progress = self.stage_at(step)
+        return stage.lr * (0.1 if progress >= self.lr_decay_at else 1.0)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> TrainingConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = set(values) - known
+        if unknown:
+            raise ValueError(f"unknown training settings {sorted(unknown)}")
+        return cls(**values)
+
+    def save(self, path: Path) -> None:
+        path.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+
+    @classmethod
+    def load(cls, path: Path) -> TrainingConfig:
+        return cls.from_dict(json.loads(Path(path).read_text()))

@@ -1,0 +1,156 @@
+"""The two FEDS distillation losses (Fu et al., arXiv 2503.06399, Sec. 3.2-3.3).
+
+The rate-distortion term is CompressAI's :class:`~compressai.losses.RateDistortionLoss`;
+this module adds what FEDS puts on top of it:
+
+* :class:`FeatureAlignmentLoss` pulls the student's intermediate features, mapped
+  to the teacher's widths by 1×1 adapters, towards the teacher's, weighting each
+  position by how much energy the teacher's feature carries there.
+* :class:`EntropyWeightedChannelLoss` matches, channel by channel, the spatial
+  distribution of the student's latent to the teacher's, and weights each
+  channel by the teacher's entropy in it, so the most informative channels
+  count most.
+
+Both own their adapters, which exist at training time only: they are never
+part of the student's checkpoint.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from compressai.layers import conv1x1
+from torch import Tensor
+
+__all__ = [
+    "EntropyWeightedChannelLoss",
+    "FeatureAlignmentLoss",
+    "channel_entropy_bits",
+    "make_adapter",
+    "spatial_attention",
+]
+
+
+def make_adapter(in_ch: int, out_ch: int) -> nn.Conv2d:
+    """1×1 convolution from student to teacher width; the identity when the
+    widths agree, so that a student equal to its teacher has zero loss."""
+    adapter = conv1x1(in_ch, out_ch)
+    if in_ch == out_ch:
+        with torch.no_grad():
+            adapter.weight.copy_(torch.eye(in_ch)[:, :, None, None])
+            adapter.bias.zero_()
+    return adapter
+
+
+def spatial_attention(feature: Tensor, temperature: float = 1.0) -> Tensor:
+    """Where a feature map carries energy: a softmax over positions of the
+    channel-mean squared activation, scaled so that it averages 1.
+
+    Returns a ``(B, 1, H, W)`` map.
+    """
+    b, _, h, w = feature.shape
+    energy = feature.float().pow(2).mean(dim=1).flatten(1)
+    energy = energy / (energy.mean(dim=1, keepdim=True) + 1e-8)  # scale-free
+    return (h * w * F.softmax(energy / temperature, dim=1)).view(b, 1, h, w)
+
+
+class FeatureAlignmentLoss(nn.Module):
+    r"""Attention-weighted feature alignment (paper, Sec. 3.2, feature distillation).
+
+    For each aligned stage :math:`s` with teacher feature :math:`T_s` and student
+    feature :math:`S_s`, with :math:`A(\cdot)` the spatial attention of
+    :func:`spatial_attention`:
+
+    .. math::
+        L_{feat} = \sum_s \operatorname{mean}\big(A(T_s)\,(\phi_s(S_s) - T_s)^2\big)
+                   + \big\|A(\phi_s(S_s)) - A(T_s)\big\|_2^2 / HW
+
+    The first term is an MSE that stresses the positions the teacher attends to;
+    the second makes the student attend to the same positions.
+
+    Args:
+        student_channels: Width of each aligned student feature, by name.
+        teacher_channels: Width of the teacher feature of the same name.
+        temperature: Softmax temperature of the attention maps.
+    """
+
+    def __init__(
+        self,
+        student_channels: Mapping[str, int],
+        teacher_channels: Mapping[str, int],
+        temperature: float = 1.0,
+    ) -> None:
+        super().__init__()
+        self.adapters = nn.ModuleDict(
+            {name: make_adapter(ch, teacher_channels[name]) for name, ch in student_channels.items()}
+        )
+        self.temperature = temperature
+
+    def forward(self, student: Mapping[str, Tensor], teacher: Mapping[str, Tensor]) -> Tensor:
+        total = torch.zeros((), device=next(self.parameters()).device)
+        for name, adapter in self.adapters.items():
+            target = teacher[name].float().detach()
+            mapped = adapter(student[name]).float()
+            attention = spatial_attention(target, self.temperature)
+            weighted_mse = (attention * (mapped - target).pow(2)).mean()
+            attention_gap = (spatial_attention(mapped, self.temperature) - attention).pow(2).mean()
+            total = total + weighted_mse + attention_gap
+        return total
+
+
+def channel_entropy_bits(likelihoods: Tensor) -> Tensor:
+    """Mean information of each latent channel, in bits per element:
+    ``-log2 p`` averaged over batch and positions. Returns shape ``(C,)``."""
+    return -torch.log2(likelihoods.float().clamp_min(1e-9)).mean(dim=(0, 2, 3))
+
+
+class EntropyWeightedChannelLoss(nn.Module):
+    r"""Entropy-weighted channel-level distillation of the latent (paper, Sec. 3.3).
+
+    The student latent is mapped to the teacher's channel count by a 1×1
+    adapter. For each channel :math:`c`, the spatial softmaxes (temperature
+    :math:`\tau`) of teacher and student are compared by KL divergence, as in
+    channel-wise distillation. The teacher's entropy :math:`H_c` in bits sets
+    the channel weights :math:`w = C\,\mathrm{softmax}(H / T)` (mean 1):
+
+    .. math::
+        L_{ch} = \frac{\tau^2}{C} \sum_c w_c\,
+                 \mathrm{KL}\big(\sigma(y^T_c/\tau)\,\|\,\sigma(\phi(y^S)_c/\tau)\big)
+
+    Args:
+        student_channels: Latent channels of the student.
+        teacher_channels: Latent channels of the teacher.
+        tau: Temperature of the spatial softmax.
+        weight_temperature: Temperature of the entropy softmax, in bits; large
+            values weight all channels alike.
+    """
+
+    def __init__(
+        self,
+        student_channels: int,
+        teacher_channels: int,
+        tau: float = 1.0,
+        weight_temperature: float = 1.0,
+    ) -> None:
+        super().__init__()
+        self.adapter = make_adapter(student_channels, teacher_channels)
+        self.tau = tau
+        self.weight_temperature = weight_temperature
+
+    def channel_weights(self, teacher_bits: Tensor) -> Tensor:
+        """Weights of the teacher's channels from their entropy (mean 1)."""
+        return teacher_bits.numel() * F.softmax(teacher_bits.float() / self.weight_temperature, dim=0)
+
+    def forward(self, student_latent: Tensor, teacher_latent: Tensor, teacher_bits: Tensor) -> Tensor:
+        """``teacher_bits``: per-channel entropy from :func:`channel_entropy_bits`,
+        over the whole (global) batch."""
+        mapped = self.adapter(student_latent).float().flatten(2)
+        target = teacher_latent.float().detach().flatten(2)
+        log_p_teacher = F.log_softmax(target / self.tau, dim=2)
+        log_p_student = F.log_softmax(mapped / self.tau, dim=2)
+        kl = (log_p_teacher.exp() * (log_p_teacher - log_p_student)).sum(dim=2)  # (B, C)
+        weights = self.channel_weights(teacher_bits.detach())
+        return self.tau**2 * (kl * weights).mean()

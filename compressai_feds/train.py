@@ -1,0 +1,131 @@
+"""Command line of the FEDS trainer.
+
+    python -m compressai_feds.train --teacher feds-teacher -q 3 --data DIR --val DIR --out runs/q3
+    python -m compressai_feds.train --resume --out runs/q3
+    torchrun --nproc_per_node=4 -m compressai_feds.train ...   # DistributedDataParallel
+
+``compressai-feds train ...`` is the same command.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+from .config import TrainingConfig
+from .trainer import DistillationTrainer
+
+
+def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
+    parser = parser or argparse.ArgumentParser(prog="compressai-feds train", description=__doc__)
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    parser.add_argument(
+        "--out", required=True, type=Path, help="run folder: checkpoints, config, metrics, plot"
+    )
+    parser.add_argument(
+        "--resume", action="store_true", help="continue the run in --out from its last checkpoint"
+    )
+    parser.add_argument("--config", type=Path, help="start from a saved config.json")
+    parser.add_argument("--data", help="folder of training photographs (any RGB/grayscale/RGBA images)")
+    parser.add_argument("--val", help="folder of a few full images for validation")
+    parser.add_argument(
+        "--student", "--model", dest="student", help="architecture to train (e.g. feds-student) or checkpoint"
+    )
+    parser.add_argument(
+        "--student-args", type=json.loads, help="constructor arguments as JSON, e.g. '{\"N\": 32}'"
+    )
+    parser.add_argument(
+        "--teacher", help="zoo model (pretrained at --quality) or checkpoint; omit to train alone"
+    )
+    parser.add_argument("-q", "--quality", type=int, choices=range(1, 7))
+    parser.add_argument(
+        "--lambda", dest="lmbda", type=float, help="rate-distortion λ (overrides --quality's)"
+    )
+    parser.add_argument("--metric", choices=["mse", "ms-ssim"])
+    parser.add_argument("--steps", help="steps of the three stages, e.g. 100000,300000,100000")
+    parser.add_argument("--batch-size", type=int)
+    parser.add_argument("--crop-size", type=int)
+    parser.add_argument("--workers", type=int)
+    parser.add_argument("--seed", type=int)
+    parser.add_argument("--checkpoint-every", type=int)
+    parser.add_argument("--val-every", type=int)
+    parser.add_argument("--log-every", type=int)
+    parser.add_argument(
+        "--cache-images", action="store_true", default=None, help="keep decoded images in memory"
+    )
+    parser.add_argument(
+        "--fp32", dest="fast", action="store_false", default=None, help="no bf16 autocast / channels_last"
+    )
+    parser.add_argument(
+        "--round-quantization",
+        dest="noise_quantization",
+        action="store_false",
+        default=None,
+        help="round instead of adding noise in the rate term (deterministic)",
+    )
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return parser
+
+
+def config_from_args(args: argparse.Namespace) -> TrainingConfig:
+    config = TrainingConfig.load(args.config) if args.config else TrainingConfig()
+    overrides = {
+        key: getattr(args, key)
+        for key in (
+            "data",
+            "val",
+            "student",
+            "student_args",
+            "teacher",
+            "quality",
+            "lmbda",
+            "metric",
+            "batch_size",
+            "crop_size",
+            "workers",
+            "seed",
+            "checkpoint_every",
+            "val_every",
+            "log_every",
+            "cache_images",
+            "fast",
+            "noise_quantization",
+        )  # fmt: skip
+        if getattr(args, key) is not None
+    }
+    if "quality" in overrides and "lmbda" not in overrides:
+        overrides["lmbda"] = None  # recomputed from the quality
+    if args.steps:
+        steps = [int(s) for s in args.steps.split(",")]
+        if len(steps) != len(config.stages):
+            raise ValueError(f"--steps needs {len(config.stages)} comma-separated values, got {args.steps!r}")
+        overrides["stages"] = [replace(stage, steps=n) for stage, n in zip(config.stages, steps)]
+    config = replace(config, **overrides)
+    if not config.data:
+        raise ValueError("--data is required (a folder of training photographs)")
+    return config
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.resume:
+            trainer = DistillationTrainer(
+                TrainingConfig(), args.out, resume=True, progress=not args.no_progress
+            )
+        else:
+            trainer = DistillationTrainer(config_from_args(args), args.out, progress=not args.no_progress)
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    result = trainer.train()
+    if trainer.is_main:
+        print(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,477 @@
+"""The three-stage FEDS trainer (paper, Sec. 3.4), from one CPU to many GPUs.
+
+One :class:`DistillationTrainer` runs the stages of a :class:`~.config.TrainingConfig`:
+feature alignment (rate-distortion + feature loss), channel-level distillation
+(+ entropy-weighted channel loss), fine-tuning (rate-distortion alone). Without
+a teacher it trains on rate-distortion alone with the same schedule: teacher
+training, and the no-distillation baseline.
+
+It never loses work: checkpoints are written atomically every
+``checkpoint_every`` steps and on SIGTERM/SIGINT, and ``resume`` continues bit
+for bit. Under ``torchrun`` it runs DistributedDataParallel (gloo on CPU, nccl
+on GPU); rank 0 logs, validates and checkpoints.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import signal
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+from compressai.entropy_models import EntropyBottleneck, GaussianConditional
+from compressai.losses import RateDistortionLoss
+from compressai.optimizers import net_aux_optimizer
+from compressai.registry import MODELS
+from pytorch_msssim import ms_ssim
+from torch import Tensor
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from .config import TrainingConfig
+from .data import ImageCrops, StreamSampler, find_images, load_rgb
+from .losses import EntropyWeightedChannelLoss, FeatureAlignmentLoss, channel_entropy_bits
+from .models import FEDSCodec
+
+__all__ = ["DistillationObjective", "DistillationTrainer", "load_codec"]
+
+CHECKPOINT = "checkpoint.pth.tar"
+BEST = "best.pth.tar"
+METRICS = "metrics.jsonl"
+
+
+def load_codec(path: str | Path) -> nn.Module:
+    """A codec from a checkpoint file (ours, CompressAI's or a bare state dict),
+    unpickled with ``weights_only=True``: files that carry code are refused."""
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise
+    except Exception as exc:
+        raise ValueError(f"cannot load {path} as a weights-only checkpoint: {exc}") from None
+    state_dict = checkpoint.get("state_dict", checkpoint)
+    architecture = MODELS.get(checkpoint.get("architecture", ""), FEDSCodec)
+    return architecture.from_state_dict(state_dict)
+
+
+def _build_model(spec: str, architecture_args: dict[str, Any]) -> nn.Module:
+    if Path(spec).is_file():
+        return load_codec(spec)
+    if spec not in MODELS:
+        raise ValueError(f"{spec!r} is neither a checkpoint file nor a registered architecture")
+    return MODELS[spec](**architecture_args)
+
+
+def _build_teacher(config: TrainingConfig) -> FEDSCodec | None:
+    if config.teacher is None:
+        return None
+    if Path(config.teacher).is_file():
+        teacher = load_codec(config.teacher)
+    else:
+        from compressai.zoo import image_models
+
+        if config.teacher not in image_models:
+            raise ValueError(f"teacher {config.teacher!r} is neither a checkpoint file nor a zoo model")
+        teacher = image_models[config.teacher](quality=config.quality, metric=config.metric, pretrained=True)
+    if not isinstance(teacher, FEDSCodec):
+        raise ValueError(f"the teacher must be a FEDS codec, got {type(teacher).__name__}")
+    return teacher.eval().requires_grad_(False)
+
+
+class DistillationObjective(nn.Module):
+    """The student and the training-only adapters, with every loss term.
+
+    One module, so that one (DDP-wrapped) forward computes the whole loss:
+    ``loss = RD + feature_weight * L_feat + channel_weight * L_ch`` and the
+    auxiliary loss of the entropy bottleneck, which only reaches its quantiles.
+    """
+
+    def __init__(self, student: nn.Module, config: TrainingConfig, teacher: FEDSCodec | None) -> None:
+        super().__init__()
+        self.student = student
+        self.rate_distortion = RateDistortionLoss(lmbda=config.lmbda, metric=config.metric)
+        self.feature_loss: FeatureAlignmentLoss | None = None
+        self.channel_loss: EntropyWeightedChannelLoss | None = None
+        if teacher is not None:
+            if not isinstance(student, FEDSCodec):
+                raise ValueError(f"distillation needs a FEDS student, got {type(student).__name__}")
+            student_channels, teacher_channels = student.feature_channels(), teacher.feature_channels()
+            self.feature_loss = FeatureAlignmentLoss(
+                {name: student_channels[name] for name in config.feature_names},
+                teacher_channels,
+                temperature=config.attention_temperature,
+            )
+            self.channel_loss = EntropyWeightedChannelLoss(
+                student.M, teacher.M, tau=config.channel_tau, weight_temperature=config.entropy_temperature
+            )
+
+    def forward(
+        self,
+        x: Tensor,
+        teacher_out: dict[str, Any] | None = None,
+        teacher_bits: Tensor | None = None,
+        feature_weight: float = 0.0,
+        channel_weight: float = 0.0,
+    ) -> dict[str, Tensor]:
+        distill = teacher_out is not None and (feature_weight > 0 or channel_weight > 0)
+        out = self.student(x, return_features=True) if distill else self.student(x)
+        losses = self.rate_distortion(
+            {"x_hat": out["x_hat"].float(), "likelihoods": out["likelihoods"]}, x.float()
+        )
+        total = losses["loss"]
+        if distill and feature_weight > 0:
+            losses["feature_loss"] = self.feature_loss(out["features"], teacher_out["features"])
+            total = total + feature_weight * losses["feature_loss"]
+        if distill and channel_weight > 0:
+            y_student, y_teacher = out["features"]["y"], teacher_out["features"]["y"]
+            losses["channel_loss"] = self.channel_loss(y_student, y_teacher, teacher_bits)
+            total = total + channel_weight * losses["channel_loss"]
+        losses["loss"] = total
+        losses["aux_loss"] = self.student.aux_loss()
+        return losses
+
+    def adapters_state_dict(self) -> dict[str, Tensor]:
+        return {k: v for k, v in self.state_dict().items() if not k.startswith("student.")}
+
+
+def _atomic_save(obj: Any, path: Path) -> None:
+    """Writes to a temporary file, syncs it, then renames it over ``path``: a
+    kill at any moment leaves either the old or the new file, whole."""
+    tmp = path.with_name(path.name + ".tmp")
+    with tmp.open("wb") as f:
+        if isinstance(obj, str):
+            f.write(obj.encode())
+        else:
+            torch.save(obj, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+@torch.no_grad()
+def evaluate(net: nn.Module, paths: list[Path], lmbda: float, metric: str) -> dict[str, float]:
+    """Validation on full images: entropy-estimated bpp, PSNR, and the RD loss
+    ``λ·D + bpp`` the checkpoints are ranked by."""
+    was_training = net.training
+    net.eval()
+    totals: dict[str, float] = defaultdict(float)
+    for path in paths:
+        x = load_rgb(path)[None].float() / 255
+        out = net(x)
+        num_pixels = x.size(2) * x.size(3)
+        bpp = sum(-torch.log2(lik).sum().item() for lik in out["likelihoods"].values()) / num_pixels
+        x_hat = out["x_hat"].clamp(0, 1)
+        mse = torch.mean((x_hat - x) ** 2).item()
+        if metric == "ms-ssim":
+            distortion = 1 - ms_ssim(x_hat, x, data_range=1.0).item()
+        else:
+            distortion = 255**2 * mse
+        totals["bpp"] += bpp
+        totals["psnr"] += 10 * math.log10(1 / max(mse, 1e-10))
+        totals["rd_loss"] += lmbda * distortion + bpp
+    net.train(was_training)
+    return {k: v / len(paths) for k, v in totals.items()}
+
+
+def _set_noise_quantization(module: nn.Module, enabled: bool) -> None:
+    """Entropy models in eval mode round instead of adding uniform noise."""
+    for m in module.modules():
+        if isinstance(m, (EntropyBottleneck, GaussianConditional)):
+            m.train(enabled)
+
+
+class DistillationTrainer:
+    """Runs the FEDS stages of ``config``, writing everything to ``out_dir``.
+
+    Args:
+        config: The run's settings (saved beside every checkpoint).
+        out_dir: Checkpoints (``checkpoint.pth.tar``: everything to resume;
+            ``best.pth.tar``: the student with the best validation RD loss),
+            ``config.json``, ``metrics.jsonl`` and ``training.png``.
+        resume: Continue from ``out_dir/checkpoint.pth.tar`` with its config.
+        progress: Show a progress bar (rank 0).
+    """
+
+    def __init__(
+        self, config: TrainingConfig, out_dir: str | Path, resume: bool = False, progress: bool = True
+    ):
+        self.out_dir = Path(out_dir)
+        checkpoint = None
+        if resume:
+            path = self.out_dir / CHECKPOINT
+            if not path.is_file():
+                raise FileNotFoundError(f"nothing to resume: {path} does not exist")
+            checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+            config = TrainingConfig.from_dict(checkpoint["config"])
+        self.config = config
+        self.progress = progress
+        self.rank, self.world_size, self.device = _init_distributed()
+        self.is_main = self.rank == 0
+
+        torch.manual_seed(config.seed)
+        random.seed(config.seed)
+        student = _build_model(config.student, config.student_args)
+        self.teacher = _build_teacher(config)
+        self.objective = DistillationObjective(student, config, self.teacher).to(self.device)
+        memory_format = torch.channels_last if config.fast else torch.contiguous_format
+        self.objective.to(memory_format=memory_format)
+        if self.teacher is not None:
+            self.teacher.to(self.device, memory_format=memory_format)
+        self.optimizers = net_aux_optimizer(
+            self.objective,
+            {
+                "net": {"type": "Adam", "lr": config.stages[0].lr},
+                "aux": {"type": "Adam", "lr": config.aux_lr},
+            },
+        )
+        base_lr = config.stages[0].lr
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizers["net"], lambda step: config.lr_at(step) / base_lr
+        )
+        self.step = 0
+        self.best_val_loss = math.inf
+        if checkpoint is not None:
+            self._restore(checkpoint)
+        self.model: nn.Module = self.objective
+        if self.world_size > 1:
+            self.model = DistributedDataParallel(self.objective, find_unused_parameters=True)
+        self._stop_signal: int | None = None
+
+    @property
+    def student(self) -> nn.Module:
+        return self.objective.student
+
+    # -- checkpoints ---------------------------------------------------------
+
+    def _state(self) -> dict[str, Any]:
+        return {
+            "state_dict": self.student.state_dict(),
+            "architecture": _architecture_name(self.student),
+            "adapters": self.objective.adapters_state_dict(),
+            "optimizers": {k: opt.state_dict() for k, opt in self.optimizers.items()},
+            "scheduler": self.scheduler.state_dict(),
+            "step": self.step,
+            "stage": self.config.stage_at(self.step)[0].name,
+            "best_val_loss": self.best_val_loss,
+            "rng": {"torch": torch.get_rng_state(), "python": random.getstate()},
+            "config": self.config.to_dict(),
+        }
+
+    def _restore(self, checkpoint: dict[str, Any]) -> None:
+        self.student.load_state_dict(checkpoint["state_dict"])
+        self.objective.load_state_dict({**self.objective.state_dict(), **checkpoint["adapters"]})
+        for key, optimizer in self.optimizers.items():
+            optimizer.load_state_dict(checkpoint["optimizers"][key])
+        self.scheduler.load_state_dict(checkpoint["scheduler"])
+        self.step = checkpoint["step"]
+        self.best_val_loss = checkpoint["best_val_loss"]
+        torch.set_rng_state(checkpoint["rng"]["torch"])
+        random.setstate(checkpoint["rng"]["python"])
+        if self.is_main:
+            _truncate_metrics(self.out_dir / METRICS, self.step)
+
+    def save_checkpoint(self) -> None:
+        if self.is_main:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            _atomic_save(json.dumps(self.config.to_dict(), indent=2) + "\n", self.out_dir / "config.json")
+            _atomic_save(self._state(), self.out_dir / CHECKPOINT)
+        if self.world_size > 1:
+            dist.barrier()
+
+    # -- training ------------------------------------------------------------
+
+    def _loader(self) -> DataLoader:
+        config = self.config
+        dataset = ImageCrops(config.data, config.crop_size, cache=config.cache_images)
+        sampler = StreamSampler(
+            len(dataset), config.batch_size, config.seed, self.step, self.rank, self.world_size
+        )
+        return DataLoader(
+            dataset,
+            batch_size=config.batch_size // self.world_size,
+            sampler=sampler,
+            num_workers=config.workers,
+            persistent_workers=False,
+        )
+
+    def _train_step(self, x: Tensor) -> dict[str, float]:
+        config = self.config
+        stage, _ = config.stage_at(self.step)
+        x = x.to(self.device).contiguous(
+            memory_format=torch.channels_last if config.fast else torch.contiguous_format
+        )
+        autocast = torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=config.fast)
+        teacher_out, teacher_bits = None, None
+        if self.teacher is not None and (stage.feature_weight > 0 or stage.channel_weight > 0):
+            with torch.no_grad(), autocast:
+                teacher_out = self.teacher(x, return_features=True)
+            teacher_bits = channel_entropy_bits(teacher_out["likelihoods"]["y"])
+            if self.world_size > 1:  # entropy of the global batch, as in one process
+                dist.all_reduce(teacher_bits)
+                teacher_bits /= self.world_size
+        for optimizer in self.optimizers.values():
+            optimizer.zero_grad(set_to_none=True)
+        with autocast:
+            losses = self.model(x, teacher_out, teacher_bits, stage.feature_weight, stage.channel_weight)
+        (losses["loss"] + losses["aux_loss"]).backward()
+        if config.clip_max_norm > 0:
+            net_params = [p for group in self.optimizers["net"].param_groups for p in group["params"]]
+            torch.nn.utils.clip_grad_norm_(net_params, config.clip_max_norm)
+        self.optimizers["net"].step()
+        self.optimizers["aux"].step()
+        self.scheduler.step()
+        self.step += 1
+        return {k: v.item() for k, v in losses.items()}
+
+    def _handle_signal(self, signum: int, frame: Any) -> None:
+        self._stop_signal = signum
+
+    def _should_stop(self) -> bool:
+        stop = torch.tensor(float(self._stop_signal is not None))
+        if self.world_size > 1:
+            dist.all_reduce(stop, op=dist.ReduceOp.MAX)
+        return bool(stop.item())
+
+    def _validate(self) -> dict[str, float] | None:
+        if not self.config.val or not self.is_main:
+            return None
+        metrics = evaluate(self.student, find_images(self.config.val), self.config.lmbda, self.config.metric)
+        self._log({"step": self.step, "val": metrics})
+        if metrics["rd_loss"] < self.best_val_loss:
+            self.best_val_loss = metrics["rd_loss"]
+            best = {
+                "state_dict": self.student.state_dict(),
+                "architecture": _architecture_name(self.student),
+                "step": self.step,
+                "val": metrics,
+                "config": self.config.to_dict(),
+            }
+            _atomic_save(best, self.out_dir / BEST)
+        return metrics
+
+    def _log(self, record: dict[str, Any]) -> None:
+        with (self.out_dir / METRICS).open("a") as f:
+            f.write(json.dumps(record) + "\n")
+
+    def train(self) -> dict[str, Any]:
+        """Runs (or continues) the stages to the end; returns the last
+        validation metrics. On SIGTERM/SIGINT, checkpoints and raises
+        ``SystemExit(128 + signal)``."""
+        config = self.config
+        if self.is_main:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            print(json.dumps(config.to_dict(), indent=2))
+        previous = {s: signal.signal(s, self._handle_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+        self.objective.train()
+        _set_noise_quantization(self.objective, config.noise_quantization)
+        bar = tqdm(
+            total=config.total_steps,
+            initial=self.step,
+            disable=not (self.is_main and self.progress),
+            unit="step",
+        )
+        window: dict[str, float] = defaultdict(float)
+        window_steps, window_start = 0, time.perf_counter()
+        try:
+            if self.step < config.total_steps:
+                for x in self._loader():
+                    parts = self._train_step(x)
+                    for k, v in parts.items():
+                        window[k] += v
+                    window_steps += 1
+                    stage = config.stage_at(self.step - 1)[0].name
+                    bar.update(1)
+                    bar.set_postfix(
+                        stage=stage, **{k: f"{v:.4g}" for k, v in parts.items() if k != "aux_loss"}
+                    )
+                    done = self.step >= config.total_steps
+                    if self.is_main and (self.step % config.log_every == 0 or done):
+                        elapsed = time.perf_counter() - window_start
+                        record = {k: v / window_steps for k, v in window.items()}
+                        record.update(step=self.step, stage=stage, lr=self.scheduler.get_last_lr()[0])
+                        record["it_per_s"] = window_steps / elapsed
+                        self._log(record)
+                        window, window_steps, window_start = defaultdict(float), 0, time.perf_counter()
+                    if self.step % config.val_every == 0 and not done:
+                        self._validate()
+                    if self.step % config.checkpoint_every == 0 or done:
+                        self.save_checkpoint()
+                    if self._should_stop():
+                        self.save_checkpoint()
+                        raise SystemExit(128 + (self._stop_signal or signal.SIGTERM))
+                    if done:
+                        break
+            final = self._validate()
+            self.save_checkpoint()
+            if self.is_main:
+                plot_metrics(self.out_dir / METRICS, self.out_dir / "training.png")
+            return {"step": self.step, "val": final}
+        finally:
+            bar.close()
+            for s, handler in previous.items():
+                signal.signal(s, handler)
+
+
+def _architecture_name(net: nn.Module) -> str:
+    return next((name for name, cls in MODELS.items() if cls is type(net)), type(net).__name__)
+
+
+def _truncate_metrics(path: Path, step: int) -> None:
+    """Drops log records written after the checkpoint a run resumes from."""
+    if not path.is_file():
+        return
+    kept = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= step]
+    _atomic_save("".join(line + "\n" for line in kept), path)
+
+
+def _init_distributed() -> tuple[int, int, torch.device]:
+    """Rank, world size and device; starts the process group under torchrun."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size == 1:
+        return 0, 1, torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if torch.cuda.is_available() else "gloo")
+    if torch.cuda.is_available():
+        local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+        torch.cuda.set_device(local_rank)
+        return dist.get_rank(), world_size, torch.device("cuda", local_rank)
+    return dist.get_rank(), world_size, torch.device("cpu")
+
+
+def plot_metrics(metrics_path: Path, output: Path) -> None:
+    """Training loss parts and validation RD loss / PSNR against steps, as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    records = [json.loads(line) for line in metrics_path.read_text().splitlines() if line]
+    train = [r for r in records if "val" not in r]
+    val = [r for r in records if "val" in r]
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for key in ("loss", "bpp_loss", "feature_loss", "channel_loss"):
+        points = [(r["step"], r[key]) for r in train if key in r]
+        if points:
+            axes[0].plot(*zip(*points), label=key)
+    axes[0].set(xlabel="step", title="training loss", yscale="log")
+    axes[0].legend()
+    if val:
+        steps = [r["step"] for r in val]
+        axes[1].plot(steps, [r["val"]["rd_loss"] for r in val], "o-", label="RD loss")
+        twin = axes[1].twinx()
+        twin.plot(steps, [r["val"]["psnr"] for r in val], "s--", color="tab:green", label="PSNR (dB)")
+        twin.set_ylabel("PSNR (dB)")
+        axes[1].legend(loc="upper left")
+    axes[1].set(xlabel="step", title="validation")
+    fig.tight_layout()
+    fig.savefig(output, dpi=100)
+    plt.close(fig)
