@@ -102,7 +102,7 @@ def config_from_args(args: argparse.Namespace) -> TrainingConfig:
         steps = [int(s) for s in args.steps.split(",")]
         if len(steps) != len(config.stages):
             raise ValueError(f"--steps needs {len(config.stages)} comma-separated values, got {args.steps!r}")
-        overrides["stages"] = [replace(stage, steps=n) for stage, n in zip(config.stages, steps)]
+        overrides["stages"] = [replace(stage, steps=n) for stage, n in zip(config.stages, steps, strict=True)]
     config = replace(config, **overrides)
     if not config.data:
         raise ValueError("--data is required (a folder of training photographs)")

@@ -461,7 +461,7 @@ def plot_metrics(metrics_path: Path, output: Path) -> None:
     for key in ("loss", "bpp_loss", "feature_loss", "channel_loss"):
         points = [(r["step"], r[key]) for r in train if key in r]
         if points:
-            axes[0].plot(*zip(*points), label=key)
+            axes[0].plot(*zip(*points, strict=True), label=key)
     axes[0].set(xlabel="step", title="training loss", yscale="log")
     axes[0].legend()
     if val:
