@@ -300,7 +300,9 @@ class DistillationTrainer:
             batch_size=config.batch_size // self.world_size,
             sampler=sampler,
             num_workers=config.workers,
-            persistent_workers=False,
+            # its own generator: creating the iterator must not draw from the
+            # global RNG, whose state the checkpoints restore
+            generator=torch.Generator().manual_seed(config.seed),
         )
 
     def _train_step(self, x: Tensor) -> dict[str, float]:

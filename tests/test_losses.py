@@ -1,0 +1,88 @@
+import pytest
+import torch
+
+from compressai_feds.losses import (
+    EntropyWeightedChannelLoss,
+    FeatureAlignmentLoss,
+    channel_entropy_bits,
+    spatial_attention,
+)
+
+
+def test_spatial_attention_averages_one_and_follows_energy():
+    feature = torch.zeros(2, 4, 8, 8)
+    feature[:, :, 2, 3] = 5.0
+    attention = spatial_attention(feature)
+    assert attention.shape == (2, 1, 8, 8)
+    assert torch.allclose(attention.mean(dim=(2, 3)), torch.ones(2, 1))
+    assert attention[0, 0, 2, 3] == attention.max()
+
+
+def test_feature_loss_is_zero_when_student_equals_teacher():
+    loss = FeatureAlignmentLoss({"a": 8, "b": 8}, {"a": 8, "b": 8})
+    features = {"a": torch.randn(2, 8, 8, 8), "b": torch.randn(2, 8, 4, 4)}
+    assert loss(features, features).item() == pytest.approx(0.0, abs=1e-6)
+    perturbed = {"a": features["a"] + 0.1, "b": features["b"]}
+    assert loss(perturbed, features).item() > 1e-3
+
+
+def test_feature_loss_stresses_where_the_teacher_has_energy():
+    teacher = torch.zeros(1, 4, 8, 8)
+    teacher[:, :, :4] = 3.0  # energy in the top half
+    loss = FeatureAlignmentLoss({"a": 4}, {"a": 4})
+    error_top, error_bottom = teacher.clone(), teacher.clone()
+    error_top[:, :, 1, 1] += 1.0
+    error_bottom[:, :, 6, 6] += 1.0
+    assert loss({"a": error_top}, {"a": teacher}) > loss({"a": error_bottom}, {"a": teacher})
+
+
+def test_feature_adapters_map_student_width_to_teacher_width():
+    loss = FeatureAlignmentLoss({"a": 4}, {"a": 12})
+    value = loss({"a": torch.randn(2, 4, 8, 8)}, {"a": torch.randn(2, 12, 8, 8)})
+    value.backward()
+    assert loss.adapters["a"].weight.shape == (12, 4, 1, 1)
+    assert loss.adapters["a"].weight.grad is not None
+
+
+def test_channel_entropy_is_minus_log2_likelihood_per_channel():
+    likelihoods = torch.ones(2, 3, 4, 4)
+    likelihoods[:, 1] = 0.5
+    likelihoods[:, 2] = 0.25
+    assert torch.allclose(channel_entropy_bits(likelihoods), torch.tensor([0.0, 1.0, 2.0]))
+
+
+def test_channel_weights_are_normalised_and_favour_high_entropy():
+    loss = EntropyWeightedChannelLoss(4, 4, weight_temperature=0.5)
+    weights = loss.channel_weights(torch.tensor([0.1, 3.0, 1.0, 0.5]))
+    assert weights.mean().item() == pytest.approx(1.0)
+    assert weights.argmax().item() == 1
+    assert (weights[1] / weights[0]).item() == pytest.approx(
+        torch.exp(torch.tensor(2.9 / 0.5)).item(), rel=1e-4
+    )
+
+
+def test_channel_loss_is_zero_when_student_equals_teacher():
+    loss = EntropyWeightedChannelLoss(6, 6)
+    latent = torch.randn(2, 6, 4, 4)
+    assert loss(latent, latent, torch.rand(6)).item() == pytest.approx(0.0, abs=1e-6)
+
+
+def test_channel_loss_counts_informative_channels_more():
+    torch.manual_seed(0)
+    loss = EntropyWeightedChannelLoss(2, 2)
+    teacher = torch.randn(1, 2, 8, 8)
+    bits = torch.tensor([4.0, 0.1])  # channel 0 carries the information
+    noise = torch.randn(1, 1, 8, 8)
+    wrong_informative, wrong_uninformative = teacher.clone(), teacher.clone()
+    wrong_informative[:, 0:1] += noise
+    wrong_uninformative[:, 1:2] += noise
+    assert loss(wrong_informative, teacher, bits) > 5 * loss(wrong_uninformative, teacher, bits)
+
+
+def test_channel_loss_maps_student_channels_and_never_updates_the_teacher():
+    loss = EntropyWeightedChannelLoss(3, 5)
+    student = torch.randn(2, 3, 4, 4, requires_grad=True)
+    teacher = torch.randn(2, 5, 4, 4, requires_grad=True)
+    loss(student, teacher, torch.rand(5)).backward()
+    assert student.grad is not None and loss.adapter.weight.grad is not None
+    assert teacher.grad is None
