@@ -4,16 +4,21 @@ Importing the package also registers ``feds-teacher`` and ``feds-student`` (and
 any other installed ``compressai.models`` plugin) in CompressAI's zoo.
 """
 
+from .config import Stage, TrainingConfig
 from .models import FEATURE_NAMES, FEDSCodec, FEDSStudent, FEDSTeacher
 from .plugin_hook import register_plugins
+from .trainer import DistillationTrainer
 from .zoo import LAMBDAS, feds_student, feds_teacher
 
 __all__ = [
+    "DistillationTrainer",
     "FEATURE_NAMES",
     "FEDSCodec",
     "FEDSStudent",
     "FEDSTeacher",
     "LAMBDAS",
+    "Stage",
+    "TrainingConfig",
     "feds_student",
     "feds_teacher",
 ]

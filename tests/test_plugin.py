@@ -1,6 +1,9 @@
 """The start-up hook, tested in fresh interpreters the way users run CompressAI."""
 
+import subprocess
+import sys
 import textwrap
+from pathlib import Path
 
 from helpers import run_python
 
@@ -85,3 +88,15 @@ def test_any_package_declaring_the_entry_point_is_registered(tmp_path):
         env={"PYTHONPATH": str(tmp_path)},
     )
     assert result.split() == ["FactorizedPrior", "FactorizedPrior", "False", "True"]
+
+
+def test_trainer_entry_point_and_console_script(tmp_path):
+    out = run_python(
+        "-c",
+        "import entrypoints; from compressai_feds import DistillationTrainer;"
+        " print(entrypoints.get_group_named('compressai.trainers')['feds-distill'].load() is DistillationTrainer)",
+    )
+    assert out.split() == ["True"]
+    script = Path(sys.executable).parent / "compressai-feds"
+    result = subprocess.run([str(script), "train", "--out", str(tmp_path)], capture_output=True, text=True)
+    assert result.returncode == 2 and "--data is required" in result.stderr
