@@ -1,29 +1,209 @@
 """``compressai-feds``: one command with a sub-command per job.
 
-compressai-feds train ...       # the FEDS trainer (see compressai_feds.train)
-compressai-feds benchmark ...   # teacher vs student, measured in one run
+    compressai-feds encode IMAGE... [-o FILE|DIR] [-a feds-student] [-q 3] [--checkpoint CKPT] [--metrics]
+    compressai-feds decode FILE...  [-o IMAGE.png|DIR] [--checkpoint CKPT]
+    compressai-feds info FILE...
+    compressai-feds train ...       # the FEDS trainer (see compressai_feds.train)
+    compressai-feds benchmark ...   # teacher vs student, measured in one run
+
+Every failure is one line on stderr (``error: PATH: reason``) and a non-zero
+exit status; no partial output file is left behind.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
+import os
 import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+from tqdm import tqdm
+
+SUFFIX = ".feds"
+
+
+def _output_paths(inputs: list[Path], output: Path | None, suffix: str) -> list[Path]:
+    """Where each input's result goes: ``-o`` itself for one input (unless it is
+    a folder), else ``-o/NAME.suffix``, else beside the input."""
+    if output is not None and len(inputs) == 1 and not output.is_dir():
+        return [output]
+    if output is not None:
+        output.mkdir(parents=True, exist_ok=True)
+        return [output / (p.stem + suffix) for p in inputs]
+    return [p.with_suffix(suffix) for p in inputs]
+
+
+def _write_atomically(path: Path, write: Callable[[Path], None]) -> None:
+    """``write`` fills a temporary file in the target folder, renamed into
+    place only once complete."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=path.suffix)
+    os.close(fd)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes it private
+    try:
+        write(Path(tmp))
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _psnr(a: Image.Image, b: Image.Image) -> float:
+    x = np.asarray(a.convert("RGB"), dtype=np.float64)
+    y = np.asarray(b.convert("RGB"), dtype=np.float64)
+    mse = np.mean((x - y) ** 2)
+    return 10 * math.log10(255**2 / mse) if mse > 0 else math.inf
+
+
+def _run_each(paths: list[Path], job: Callable[[Path], str], desc: str) -> int:
+    """Runs ``job`` on every path, one line of output each; returns the exit status."""
+    failures = 0
+    for path in tqdm(paths, desc=desc, unit="file", disable=len(paths) < 2 or None):
+        try:
+            line = job(path)
+        except KeyboardInterrupt:
+            raise
+        except (
+            OSError,
+            ValueError,
+            UnidentifiedImageError,
+            Image.DecompressionBombError,
+            RuntimeError,
+        ) as exc:
+            failures += 1
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+            tqdm.write(
+                f"error: {path}: {reason.splitlines()[0] if reason else type(exc).__name__}", file=sys.stderr
+            )
+            continue
+        tqdm.write(line)
+    return 1 if failures else 0
+
+
+def _open_image(path: Path) -> Image.Image:
+    with Image.open(path) as image:
+        image.load()
+        return image
+
+
+def encode(args: argparse.Namespace) -> int:
+    from .codec import Codec, CodecError, compress_image
+
+    try:
+        codec = (
+            Codec.from_checkpoint(args.checkpoint, args.architecture, args.metric)
+            if args.checkpoint
+            else Codec.from_zoo(args.architecture, args.quality, args.metric)
+        )
+    except CodecError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    outputs = dict(zip(args.inputs, _output_paths(args.inputs, args.output, SUFFIX), strict=True))
+
+    def job(path: Path) -> str:
+        image = _open_image(path)
+        start = time.perf_counter()
+        data, reconstruction = compress_image(codec, image, args.tile_size)
+        seconds = time.perf_counter() - start
+        _write_atomically(outputs[path], lambda tmp: tmp.write_bytes(data))
+        line = f"{path} -> {outputs[path]}: {len(data) * 8 / (image.width * image.height):.4f} bpp, {seconds:.2f} s"
+        return line + (f", PSNR {_psnr(image, reconstruction):.2f} dB" if args.metrics else "")
+
+    return _run_each(args.inputs, job, "encode")
+
+
+def decode(args: argparse.Namespace) -> int:
+    from .codec import Codec, decompress_image
+    from .container import unpack
+
+    codecs: dict[tuple, Codec] = {}
+    outputs = dict(zip(args.inputs, _output_paths(args.inputs, args.output, ".png"), strict=True))
+
+    def job(path: Path) -> str:
+        data = path.read_bytes()
+        header, _ = unpack(data)
+        key = (header.architecture, header.metric, header.quality)
+        if key not in codecs:
+            if args.checkpoint:
+                codecs[key] = Codec.from_checkpoint(args.checkpoint, header.architecture, header.metric)
+            elif header.quality == 0:
+                raise ValueError(f"coded with a checkpoint ({header.model_name}): pass it with --checkpoint")
+            else:
+                codecs[key] = Codec.from_zoo(header.architecture, header.quality, header.metric)
+        codec = codecs[key]
+        start = time.perf_counter()
+        image = decompress_image(codec, data)
+        seconds = time.perf_counter() - start
+        _write_atomically(outputs[path], lambda tmp: image.save(tmp, format="PNG"))
+        return f"{path} -> {outputs[path]}: {image.width}x{image.height} {image.mode}, {seconds:.2f} s"
+
+    return _run_each(args.inputs, job, "decode")
+
+
+def info(args: argparse.Namespace) -> int:
+    from .container import unpack
+
+    def job(path: Path) -> str:
+        data = path.read_bytes()
+        header, streams = unpack(data)
+        payload = sum(len(s) for s in streams)
+        return (
+            f"{path}: {header.width}x{header.height} {header.mode}, {header.model_name}, "
+            f"tiles {header.tile_size}, {len(streams)} bitstreams, {len(data)} bytes "
+            f"({len(data) - payload} of container), {len(data) * 8 / (header.width * header.height):.4f} bpp"
+        )
+
+    return _run_each(args.inputs, job, "info")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="compressai-feds", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+    enc = commands.add_parser("encode", help="compress images to .feds files")
+    enc.add_argument("inputs", nargs="+", type=Path)
+    enc.add_argument("-o", "--output", type=Path, help="output file (one input) or folder")
+    enc.add_argument("-a", "--architecture", default="feds-student", choices=["feds-student", "feds-teacher"])
+    enc.add_argument("-q", "--quality", type=int, default=3, choices=range(1, 7))
+    enc.add_argument("-m", "--metric", default="mse", choices=["mse", "ms-ssim"])
+    enc.add_argument("--checkpoint", type=Path, help="use these weights instead of the zoo's")
+    enc.add_argument("--tile-size", type=int, default=1024, help="side of the independently coded tiles")
+    enc.add_argument("--metrics", action="store_true", help="also print the PSNR of the decoded image")
+    enc.set_defaults(run=encode)
+    dec = commands.add_parser("decode", help="decompress .feds files to PNG")
+    dec.add_argument("inputs", nargs="+", type=Path)
+    dec.add_argument("-o", "--output", type=Path, help="output image (one input) or folder")
+    dec.add_argument("--checkpoint", type=Path, help="the weights the files were coded with")
+    dec.set_defaults(run=decode)
+    inf = commands.add_parser("info", help="describe .feds files")
+    inf.add_argument("inputs", nargs="+", type=Path)
+    inf.set_defaults(run=info)
+    for name in ("train", "benchmark"):
+        commands.add_parser(name, add_help=False, help=f"see compressai-feds {name} --help")
+    return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    parser = argparse.ArgumentParser(prog="compressai-feds", description=__doc__)
-    parser.formatter_class = argparse.RawDescriptionHelpFormatter
-    parser.add_argument("command", choices=["train", "benchmark"])
-    args = parser.parse_args(argv[:1])
-    if args.command == "train":
+    if argv[:1] == ["train"]:
         from .train import main as train
 
         return train(argv[1:])
-    from .benchmark import main as benchmark
+    if argv[:1] == ["benchmark"]:
+        from .benchmark import main as benchmark
 
-    benchmark(argv[1:])
-    return 0
+        benchmark(argv[1:])
+        return 0
+    args = build_parser().parse_args(argv)
+    return args.run(args)
 
 
 if __name__ == "__main__":

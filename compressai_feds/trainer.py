@@ -41,26 +41,13 @@ from .config import TrainingConfig
 from .data import ImageCrops, StreamSampler, find_images, load_rgb
 from .losses import EntropyWeightedChannelLoss, FeatureAlignmentLoss, channel_entropy_bits
 from .models import FEDSCodec
+from .zoo import architecture_name, load_codec
 
-__all__ = ["DistillationObjective", "DistillationTrainer", "load_codec"]
+__all__ = ["DistillationObjective", "DistillationTrainer"]
 
 CHECKPOINT = "checkpoint.pth.tar"
 BEST = "best.pth.tar"
 METRICS = "metrics.jsonl"
-
-
-def load_codec(path: str | Path) -> nn.Module:
-    """A codec from a checkpoint file (ours, CompressAI's or a bare state dict),
-    unpickled with ``weights_only=True``: files that carry code are refused."""
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise
-    except Exception as exc:
-        raise ValueError(f"cannot load {path} as a weights-only checkpoint: {exc}") from None
-    state_dict = checkpoint.get("state_dict", checkpoint)
-    architecture = MODELS.get(checkpoint.get("architecture", ""), FEDSCodec)
-    return architecture.from_state_dict(state_dict)
 
 
 def _build_model(spec: str, architecture_args: dict[str, Any]) -> nn.Module:
@@ -255,7 +242,7 @@ class DistillationTrainer:
     def _state(self) -> dict[str, Any]:
         return {
             "state_dict": self.student.state_dict(),
-            "architecture": _architecture_name(self.student),
+            "architecture": architecture_name(self.student),
             "adapters": self.objective.adapters_state_dict(),
             "optimizers": {k: opt.state_dict() for k, opt in self.optimizers.items()},
             "scheduler": self.scheduler.state_dict(),
@@ -352,7 +339,7 @@ class DistillationTrainer:
             self.best_val_loss = metrics["rd_loss"]
             best = {
                 "state_dict": self.student.state_dict(),
-                "architecture": _architecture_name(self.student),
+                "architecture": architecture_name(self.student),
                 "step": self.step,
                 "val": metrics,
                 "config": self.config.to_dict(),
@@ -421,10 +408,6 @@ class DistillationTrainer:
             bar.close()
             for s, handler in previous.items():
                 signal.signal(s, handler)
-
-
-def _architecture_name(net: nn.Module) -> str:
-    return next((name for name, cls in MODELS.items() if cls is type(net)), type(net).__name__)
 
 
 def _truncate_metrics(path: Path, step: int) -> None:

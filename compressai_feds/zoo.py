@@ -16,10 +16,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn as nn
+from compressai.registry import MODELS
 
 from .models import FEDSCodec, FEDSStudent, FEDSTeacher
 
-__all__ = ["LAMBDAS", "checkpoint_dir", "feds_student", "feds_teacher"]
+__all__ = ["LAMBDAS", "architecture_name", "checkpoint_dir", "feds_student", "feds_teacher", "load_codec"]
 
 #: Rate-distortion trade-off of each quality level: the tables of CompressAI's
 #: pretrained models (``compressai/zoo/image.py``, training λ of the MSE and
@@ -122,3 +124,27 @@ def _zoo_function(architecture: str, model_class: type[FEDSCodec]) -> Callable[.
 
 feds_teacher = _zoo_function("feds-teacher", FEDSTeacher)
 feds_student = _zoo_function("feds-student", FEDSStudent)
+
+
+def load_codec(path: str | Path, architecture: str | None = None) -> nn.Module:
+    """A codec from a checkpoint file (ours, CompressAI's or a bare state dict),
+    unpickled with ``weights_only=True``: files that carry code are refused.
+
+    The class is the one the checkpoint names, else ``architecture``, else
+    :class:`FEDSCodec` (which reads its sizes off the weights)."""
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise
+    except Exception as exc:
+        raise ValueError(f"cannot load {path} as a weights-only checkpoint: {exc}") from None
+    if not isinstance(checkpoint, dict):
+        raise ValueError(f"{path} holds a {type(checkpoint).__name__}, not a state dict")
+    state_dict = checkpoint.get("state_dict", checkpoint)
+    name = checkpoint.get("architecture") or architecture or ""
+    return MODELS.get(name, FEDSCodec).from_state_dict(state_dict)
+
+
+def architecture_name(net: nn.Module) -> str:
+    """The name a codec's class is registered under in CompressAI (e.g. ``feds-student``)."""
+    return next((name for name, cls in MODELS.items() if cls is type(net)), type(net).__name__)

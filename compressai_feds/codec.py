@@ -1,0 +1,212 @@
+"""Images to ``.feds`` files and back, for any PIL image.
+
+The image is coded in independent square tiles (``tile_size``, a multiple of
+64), which bounds memory on large images. Colour is coded by the learned codec;
+what it cannot code is kept exactly beside it: the alpha plane (zlib, lossless)
+and the palette of palette images. The decoded image has the original size and
+mode; 16-bit images are coded with 8-bit precision.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import Tensor
+
+from .container import FLAG_ALPHA, FLAG_PALETTE, ContainerError, Header, pack, unpack
+from .models import FEDSCodec
+from .zoo import architecture_name, load_codec
+
+__all__ = ["Codec", "CodecError", "compress_image", "decompress_image", "model_id"]
+
+SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I")
+DEFAULT_TILE_SIZE = 1024
+MAX_PIXELS = 1 << 28
+
+
+def _inflate(data: bytes, size: int) -> bytes:
+    """zlib-decompresses at most ``size + 1`` bytes (no decompression bombs)."""
+    try:
+        return zlib.decompressobj().decompress(data, size + 1)
+    except zlib.error as exc:
+        raise ContainerError(f"the alpha plane is corrupted ({exc})") from None
+
+
+class CodecError(ValueError):
+    """An input the codec refuses, with a one-line reason."""
+
+
+def model_id(net: FEDSCodec) -> bytes:
+    """First 8 bytes of the SHA-256 of the weights and entropy-coding tables."""
+    digest = hashlib.sha256()
+    for key, value in sorted(net.state_dict().items()):
+        digest.update(key.encode())
+        digest.update(value.detach().cpu().contiguous().numpy().tobytes())
+    return digest.digest()[:8]
+
+
+@dataclass
+class Codec:
+    """A FEDS model ready to code, and the names a file records about it."""
+
+    net: FEDSCodec
+    architecture: str
+    metric: str
+    quality: int  # 0: loaded from a checkpoint
+    model_id: bytes
+
+    @classmethod
+    def from_zoo(cls, architecture: str, quality: int, metric: str = "mse") -> Codec:
+        from compressai.zoo import image_models
+
+        if architecture not in image_models:
+            raise CodecError(f"unknown architecture {architecture!r}")
+        try:
+            net = image_models[architecture](quality=quality, metric=metric, pretrained=True)
+        except FileNotFoundError as exc:
+            raise CodecError(f"{exc}; or pass --checkpoint") from None
+        return cls._ready(net, architecture, metric, quality)
+
+    @classmethod
+    def from_checkpoint(
+        cls, path: str | Path, architecture: str = "feds-student", metric: str = "mse"
+    ) -> Codec:
+        """``architecture`` names a checkpoint that does not name itself (a bare
+        state dict, as ``update_model`` writes)."""
+        path = Path(path)
+        if not path.is_file():
+            raise CodecError(f"checkpoint {path} does not exist")
+        try:
+            net = load_codec(path, architecture)
+        except ValueError as exc:
+            raise CodecError(f"refusing checkpoint {path}: {exc}") from None
+        if not isinstance(net, FEDSCodec):
+            raise CodecError(f"{path} is not a FEDS codec checkpoint")
+        return cls._ready(net, architecture_name(net), metric, 0)
+
+    @classmethod
+    def _ready(cls, net: FEDSCodec, architecture: str, metric: str, quality: int) -> Codec:
+        net = net.eval()
+        net.update()  # builds the CDFs only if the checkpoint has none
+        return cls(net, architecture, metric, quality, model_id(net))
+
+    def describe(self) -> str:
+        source = f"quality {self.quality}" if self.quality else "a checkpoint"
+        return f"{self.architecture} ({self.metric}, {source}, model id {self.model_id.hex()})"
+
+
+def _tiles(height: int, width: int, size: int) -> list[tuple[int, int, int, int]]:
+    return [
+        (top, left, min(size, height - top), min(size, width - left))
+        for top in range(0, height, size)
+        for left in range(0, width, size)
+    ]
+
+
+def _to_uint8(x: Tensor) -> Tensor:
+    return (x[0] * 255).round().clamp(0, 255).to(torch.uint8)
+
+
+def _split_image(image: Image.Image) -> tuple[Tensor, bytes | None, bytes | None, str]:
+    """Colour as a ``(3, H, W)`` uint8 tensor, plus the alpha plane and palette
+    to keep exactly, and the mode to restore."""
+    mode = image.mode
+    if mode == "F":
+        raise CodecError("floating-point images (PIL mode F) are not supported")
+    if mode in ("P", "PA") and ("transparency" in image.info or mode == "PA"):
+        image, mode = image.convert("RGBA"), "RGBA"
+    alpha = image.getchannel("A").tobytes() if mode in ("RGBA", "LA") else None
+    palette = bytes(image.getpalette() or []) if mode == "P" else None
+    if mode in SIXTEEN_BIT_MODES:
+        array = (np.asarray(image, dtype=np.uint32) >> 8).astype(np.uint8)
+        image = Image.fromarray(array)  # mode L
+    rgb = np.asarray(image.convert("RGB"))
+    return torch.from_numpy(rgb.copy()).permute(2, 0, 1), alpha, palette, mode
+
+
+def _join_image(rgb: Tensor, mode: str, alpha: bytes | None, palette: bytes | None) -> Image.Image:
+    image = Image.fromarray(rgb.permute(1, 2, 0).numpy())  # mode RGB
+    if mode in SIXTEEN_BIT_MODES:
+        gray = np.asarray(image.convert("L"), dtype=np.uint16) * 257
+        return Image.fromarray(gray.astype(np.int32) if mode == "I" else gray)  # mode I or I;16
+    if mode == "P":
+        reference = Image.new("P", (1, 1))
+        reference.putpalette(palette or b"")
+        return image.quantize(palette=reference, dither=Image.Dither.NONE)
+    if mode == "1":
+        return image.convert("L").convert("1", dither=Image.Dither.NONE)
+    if mode in ("RGBA", "LA"):
+        image = image.convert(mode[0] if mode == "LA" else "RGB")
+        image.putalpha(Image.frombytes("L", image.size, alpha or b""))
+        return image
+    return image if mode == "RGB" else image.convert(mode)
+
+
+@torch.no_grad()
+def compress_image(
+    codec: Codec, image: Image.Image, tile_size: int = DEFAULT_TILE_SIZE
+) -> tuple[bytes, Image.Image]:
+    """Codes an image; returns the file bytes and the decoded image the encoder
+    computed (what :func:`decompress_image` will return)."""
+    if tile_size <= 0 or tile_size % 64:
+        raise CodecError(f"tile size must be a positive multiple of 64, got {tile_size}")
+    rgb, alpha, palette, mode = _split_image(image)
+    _, height, width = rgb.shape
+    streams: list[bytes] = []
+    reconstruction = torch.empty_like(rgb)
+    for top, left, h, w in _tiles(height, width, tile_size):
+        x = rgb[None, :, top : top + h, left : left + w].float() / 255
+        enc = codec.net.compress(x)
+        streams += [s[0] for s in enc["strings"]]
+        reconstruction[:, top : top + h, left : left + w] = _to_uint8(
+            codec.net.synthesize(enc["y_hat"], (h, w))
+        )
+    flags = 0
+    if alpha is not None:
+        streams.append(zlib.compress(alpha, 9))
+        flags |= FLAG_ALPHA
+    if palette is not None:
+        streams.append(palette)
+        flags |= FLAG_PALETTE
+    header = Header(
+        codec.architecture, codec.metric, codec.quality, codec.model_id, width, height, mode, tile_size, flags
+    )
+    return pack(header, streams), _join_image(reconstruction, mode, alpha, palette)
+
+
+def check_model(header: Header, codec: Codec) -> None:
+    """Refuses to decode a file with a model other than the one that coded it."""
+    if (header.architecture, header.model_id) != (codec.architecture, codec.model_id):
+        raise CodecError(
+            f"this file was coded by {header.model_name}; the decoding model is {codec.describe()}"
+        )
+
+
+@torch.no_grad()
+def decompress_image(codec: Codec, data: bytes) -> Image.Image:
+    """Decodes the bytes of a ``.feds`` file."""
+    header, streams = unpack(data)
+    check_model(header, codec)
+    if header.width * header.height > MAX_PIXELS:
+        raise CodecError(f"{header.width}x{header.height} exceeds the {MAX_PIXELS:,}-pixel limit")
+    extras = bool(header.flags & FLAG_ALPHA) + bool(header.flags & FLAG_PALETTE)
+    tiles = _tiles(header.height, header.width, header.tile_size)
+    per_tile = len(codec.net.groups) + 1
+    if len(streams) != len(tiles) * per_tile + extras:
+        raise ContainerError(f"expected {len(tiles) * per_tile + extras} bitstreams, found {len(streams)}")
+    rgb = torch.empty(3, header.height, header.width, dtype=torch.uint8)
+    for i, (top, left, h, w) in enumerate(tiles):
+        strings = [[s] for s in streams[i * per_tile : (i + 1) * per_tile]]
+        rgb[:, top : top + h, left : left + w] = _to_uint8(codec.net.decompress(strings, (h, w))["x_hat"])
+    rest = streams[len(tiles) * per_tile :]
+    alpha = _inflate(rest.pop(0), header.width * header.height) if header.flags & FLAG_ALPHA else None
+    palette = rest.pop(0) if header.flags & FLAG_PALETTE else None
+    if alpha is not None and len(alpha) != header.width * header.height:
+        raise ContainerError("the alpha plane does not match the image size")
+    return _join_image(rgb, header.mode, alpha, palette)

@@ -1,0 +1,149 @@
+"""The compressai-feds command line, run as a user runs it."""
+
+import os
+import struct
+import subprocess
+import sys
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from compressai_feds import FEDSStudent
+from compressai_feds.codec import Codec, compress_image
+
+SCRIPT = str(Path(sys.executable).parent / "compressai-feds")
+
+
+def cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([SCRIPT, *map(str, args)], capture_output=True, text=True, timeout=300)
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cli")
+    torch.manual_seed(0)
+    checkpoint = root / "student.pth.tar"
+    torch.save({"state_dict": FEDSStudent(N=16, M=32, groups=(8, 24)).state_dict()}, checkpoint)
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 255, (40, 50, 3), dtype=np.uint8)).save(root / "a.png")
+    Image.fromarray(rng.integers(0, 255, (30, 20), dtype=np.uint8)).save(root / "b.png")
+    return root, checkpoint
+
+
+def test_encode_info_decode_round_trip(files):
+    root, checkpoint = files
+    encoded = cli(
+        "encode", root / "a.png", root / "b.png", "-o", root / "enc", "--checkpoint", checkpoint, "--metrics"
+    )
+    assert encoded.returncode == 0, encoded.stderr
+    assert "bpp" in encoded.stdout and "PSNR" in encoded.stdout
+    info = cli("info", root / "enc" / "a.feds")
+    assert "50x40 RGB" in info.stdout and "feds-student" in info.stdout
+    decoded = cli(
+        "decode",
+        root / "enc" / "a.feds",
+        root / "enc" / "b.feds",
+        "-o",
+        root / "dec",
+        "--checkpoint",
+        checkpoint,
+    )
+    assert decoded.returncode == 0, decoded.stderr
+    codec = Codec.from_checkpoint(checkpoint)
+    for name, mode in (("a", "RGB"), ("b", "L")):
+        _, expected = compress_image(codec, Image.open(root / f"{name}.png"))
+        got = Image.open(root / "dec" / f"{name}.png")
+        assert got.mode == mode and np.array_equal(np.asarray(got), np.asarray(expected))
+
+
+def assert_clean_failures(result: subprocess.CompletedProcess, count: int, out_dir: Path) -> None:
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    assert len([line for line in lines if line.startswith("error: ")]) == count, result.stderr
+    assert not out_dir.exists() or not any(out_dir.iterdir()), list(out_dir.iterdir())
+
+
+def test_bad_files_fail_one_line_each_without_output(files):
+    root, checkpoint = files
+    good = root / "good.feds"
+    assert cli("encode", root / "a.png", "-o", good, "--checkpoint", checkpoint).returncode == 0
+    data = good.read_bytes()
+    bad = root / "bad"
+    bad.mkdir()
+    flipped = bytearray(data)
+    flipped[len(data) // 2] ^= 0x10
+    body = bytearray(data[:-4])
+    body[-len(data) // 3] ^= 0xFF
+    oversized = data[:-4][:40] + struct.pack(">I", 2**31) + data[44:-4]
+    cases = {
+        "truncated.feds": data[: len(data) // 2],
+        "flipped.feds": bytes(flipped),
+        "empty.feds": b"",
+        "random.feds": np.random.default_rng(1).bytes(300),
+        "oversized.feds": oversized + struct.pack(">I", zlib.crc32(oversized)),
+        "not-feds.feds": (root / "a.png").read_bytes(),
+    }
+    for name, content in cases.items():
+        (bad / name).write_bytes(content)
+    (bad / "folder.feds").mkdir()
+    inputs = [*sorted(bad.glob("*.feds")), root / "missing.feds"]
+    out_dir = root / "decoded-bad"
+    result = cli("decode", *inputs, "-o", out_dir, "--checkpoint", checkpoint)
+    assert_clean_failures(result, len(inputs), out_dir)
+
+
+def test_bad_images_fail_one_line_each_without_output(files):
+    root, checkpoint = files
+    (root / "text.png").write_text("not an image")
+    (root / "folder.png").mkdir(exist_ok=True)
+    out_dir = root / "encoded-bad"
+    result = cli(
+        "encode",
+        root / "text.png",
+        root / "folder.png",
+        root / "missing.png",
+        "-o",
+        out_dir,
+        "--checkpoint",
+        checkpoint,
+    )
+    assert_clean_failures(result, 3, out_dir)
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root reads files whatever their permissions")
+def test_unreadable_file_fails_cleanly(files, tmp_path):
+    root, checkpoint = files
+    locked = tmp_path / "locked.png"
+    locked.write_bytes((root / "a.png").read_bytes())
+    locked.chmod(0)
+    result = cli("encode", locked, "-o", tmp_path / "out", "--checkpoint", checkpoint)
+    assert_clean_failures(result, 1, tmp_path / "out")
+
+
+def test_wrong_model_and_bad_checkpoint_are_named(files, tmp_path):
+    root, checkpoint = files
+    assert (
+        cli("encode", root / "a.png", "-o", tmp_path / "a.feds", "--checkpoint", checkpoint).returncode == 0
+    )
+    torch.manual_seed(5)
+    other = tmp_path / "other.pth.tar"
+    torch.save({"state_dict": FEDSStudent(N=16, M=32, groups=(8, 24)).state_dict()}, other)
+    result = cli("decode", tmp_path / "a.feds", "-o", tmp_path / "a.png", "--checkpoint", other)
+    assert (
+        result.returncode == 1
+        and "coded by feds-student" in result.stderr
+        and "Traceback" not in result.stderr
+    )
+    assert not (tmp_path / "a.png").exists()
+    no_checkpoint = cli("decode", tmp_path / "a.feds", "-o", tmp_path / "a.png")
+    assert no_checkpoint.returncode == 1 and "pass it with --checkpoint" in no_checkpoint.stderr
+    zoo = cli("encode", root / "a.png", "-o", tmp_path / "z.feds", "-q", "2")
+    assert zoo.returncode == 2 and "no pretrained feds-student checkpoint" in zoo.stderr
+    (tmp_path / "junk.pth.tar").write_bytes(b"junk")
+    junk = cli("encode", root / "a.png", "-o", tmp_path / "j.feds", "--checkpoint", tmp_path / "junk.pth.tar")
+    assert junk.returncode == 2 and "refusing checkpoint" in junk.stderr and "Traceback" not in junk.stderr
