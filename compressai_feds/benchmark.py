@@ -114,7 +114,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("images", nargs="*", help="image files or folders (default: the shipped samples)")
     parser.add_argument("-q", "--quality", type=int, default=3, choices=range(1, 7))
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
-    parser.add_argument("--train-step", action="store_true", help="also time a bf16 training step")
+    parser.add_argument(
+        "--train-step", action="store_true", help="also time a training step, bf16 + channels_last and fp32"
+    )
     parser.add_argument("--json", type=Path, help="also write the results to this JSON file")
     args = parser.parse_args(argv)
     if args.threads:
@@ -134,7 +136,9 @@ def main(argv: list[str] | None = None) -> dict:
         row = {"pretrained": pretrained, "parameters": sum(p.numel() for p in net.parameters())}
         row.update(measure_coding(net, images, name))
         if args.train_step:
-            row["train_step_s"] = training_step_seconds(net, LAMBDAS["mse"][args.quality])
+            lmbda = LAMBDAS["mse"][args.quality]
+            row["train_step_s"] = training_step_seconds(net, lmbda, fast=True)
+            row["train_step_fp32_s"] = training_step_seconds(net, lmbda, fast=False)
         results[name] = row
 
     teacher, student = results["teacher"], results["student"]
@@ -145,6 +149,8 @@ def main(argv: list[str] | None = None) -> dict:
     }
     if args.train_step:
         ratios["train_step"] = student["train_step_s"] / teacher["train_step_s"]
+        for name, row in results.items():
+            ratios[f"{name} bf16 speed-up"] = row["train_step_fp32_s"] / row["train_step_s"]
 
     print(
         f"{'model':8} {'weights':9} {'params':>11} {'encode s':>9} {'decode s':>9} {'bpp':>7} {'PSNR dB':>8}"
@@ -153,9 +159,18 @@ def main(argv: list[str] | None = None) -> dict:
         print(
             f"{name:8} {'zoo' if row['pretrained'] else 'untrained':9} {row['parameters']:11,d} "
             f"{row['encode_s']:9.3f} {row['decode_s']:9.3f} {row['bpp']:7.3f} {row['psnr']:8.2f}"
-            + (f"   train step {row['train_step_s']:.2f} s" if args.train_step else "")
+            + (
+                f"   train step {row['train_step_s']:.2f} s bf16, {row['train_step_fp32_s']:.2f} s fp32"
+                if args.train_step
+                else ""
+            )
         )
-    print("student / teacher: " + ", ".join(f"{k} {v:.1%}" for k, v in ratios.items()))
+    print("student / teacher: " + ", ".join(f"{k} {v:.1%}" for k, v in ratios.items() if "speed-up" not in k))
+    if args.train_step:
+        print(
+            "bf16 + channels_last vs fp32: "
+            + ", ".join(f"{k} {v:.2f}x" for k, v in ratios.items() if "speed-up" in k)
+        )
     if not (teacher["pretrained"] and student["pretrained"]):
         print(
             "note: untrained weights (no zoo checkpoint yet): times and sizes are real, bpp and PSNR are not."

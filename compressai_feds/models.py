@@ -211,7 +211,7 @@ class FEDSCodec(SimpleVAECompressionModel):
 
     def synthesize(self, y_hat: Tensor, image_size: Sequence[int]) -> Tensor:
         """Decodes a quantized latent into an image of ``image_size``, clamped to [0, 1]."""
-        pad, unpad = compute_padding(*image_size, min_div=PAD_MULTIPLE)
+        _, unpad = compute_padding(*image_size, min_div=PAD_MULTIPLE)
         return F.pad(self.g_s(y_hat), unpad).clamp_(0, 1)
 
     @classmethod

@@ -392,7 +392,7 @@ class DistillationTrainer:
                         window, window_steps, window_start = defaultdict(float), 0, time.perf_counter()
                     if self.step % config.val_every == 0 and not done:
                         self._validate()
-                    if self.step % config.checkpoint_every == 0 or done:
+                    if self.step % config.checkpoint_every == 0 and not done:
                         self.save_checkpoint()
                     if self._should_stop():
                         self.save_checkpoint()
@@ -400,7 +400,7 @@ class DistillationTrainer:
                     if done:
                         break
             final = self._validate()
-            self.save_checkpoint()
+            self.save_checkpoint()  # the final state, after the final validation
             if self.is_main:
                 plot_metrics(self.out_dir / METRICS, self.out_dir / "training.png")
             return {"step": self.step, "val": final}

@@ -1,0 +1,21 @@
+import json
+
+import pytest
+from helpers import sample_crops
+
+from compressai_feds.benchmark import main
+
+
+def test_benchmark_reports_both_models_and_their_ratios(tmp_path):
+    images = sample_crops(tmp_path / "images", size=64, count=1)
+    report = main([str(images), "--json", str(tmp_path / "report.json")])
+    assert json.loads((tmp_path / "report.json").read_text()) == report
+    teacher, student = report["models"]["teacher"], report["models"]["student"]
+    assert report["ratios"]["parameters"] == pytest.approx(student["parameters"] / teacher["parameters"])
+    assert report["ratios"]["parameters"] <= 0.37
+    assert all(row["encode_s"] > 0 and row["decode_s"] > 0 and row["bpp"] > 0 for row in (teacher, student))
+
+
+def test_benchmark_refuses_a_missing_folder(tmp_path):
+    with pytest.raises(SystemExit, match="neither an image file nor a folder"):
+        main([str(tmp_path / "missing")])
