@@ -6,7 +6,6 @@ any other installed ``compressai.models`` plugin) in CompressAI's zoo.
 
 from .config import Stage, TrainingConfig
 from .models import FEATURE_NAMES, FEDSCodec, FEDSStudent, FEDSTeacher
-from .plugin_hook import register_plugins
 from .trainer import DistillationTrainer
 from .zoo import LAMBDAS, feds_student, feds_teacher
 
@@ -24,5 +23,8 @@ __all__ = [
 ]
 
 __version__ = "0.1.0"
+
+# compressai_feds/plugin_hook.py, installed as a top-level module (see its docstring)
+from compressai_plugin_hook import register_plugins  # noqa: E402
 
 register_plugins()

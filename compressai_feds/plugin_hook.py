@@ -11,9 +11,9 @@ pretrained=False, progress=True, **kwargs)``; its architecture class is found in
 CompressAI's model registry under the same name (``@register_model(name)``) or
 as the function's ``architecture`` attribute.
 
-This file is installed twice: as ``compressai_feds.plugin_hook`` and as the
-top-level module ``compressai_plugin_hook``, imported at interpreter start-up by
-``compressai_plugin_hook.pth``. At start-up it only adds a finder to
+This file is installed as the top-level module ``compressai_plugin_hook`` (not
+inside the ``compressai_feds`` package, so that loading it never imports the
+package), imported at interpreter start-up by ``compressai_plugin_hook.pth``. At start-up it only adds a finder to
 ``sys.meta_path`` that waits for ``compressai.zoo`` to be imported: it imports
 neither torch nor compressai, and any failure is swallowed so that Python
 always starts.
