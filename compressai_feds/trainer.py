@@ -433,7 +433,8 @@ def _init_distributed() -> tuple[int, int, torch.device]:
 
 
 def plot_metrics(metrics_path: Path, output: Path) -> None:
-    """Training loss parts and validation RD loss / PSNR against steps, as a PNG."""
+    """Training loss parts and validation RD loss / PSNR against steps, with the
+    stage boundaries, as a PNG."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -448,15 +449,21 @@ def plot_metrics(metrics_path: Path, output: Path) -> None:
         if points:
             axes[0].plot(*zip(*points, strict=True), label=key)
     axes[0].set(xlabel="step", title="training loss", yscale="log")
+    boundaries = [b["step"] for a, b in zip(train, train[1:], strict=False) if a["stage"] != b["stage"]]
+    for ax in axes:
+        for step in boundaries:
+            ax.axvline(step, color="gray", linestyle=":", linewidth=1)
     axes[0].legend()
     if val:
         steps = [r["step"] for r in val]
-        axes[1].plot(steps, [r["val"]["rd_loss"] for r in val], "o-", label="RD loss")
+        lines = axes[1].plot(steps, [r["val"]["rd_loss"] for r in val], "o-", label="RD loss")
         twin = axes[1].twinx()
-        twin.plot(steps, [r["val"]["psnr"] for r in val], "s--", color="tab:green", label="PSNR (dB)")
+        lines += twin.plot(
+            steps, [r["val"]["psnr"] for r in val], "s--", color="tab:green", label="PSNR (dB)"
+        )
         twin.set_ylabel("PSNR (dB)")
-        axes[1].legend(loc="upper left")
-    axes[1].set(xlabel="step", title="validation")
+        axes[1].legend(lines, [line.get_label() for line in lines], loc="upper left")
+    axes[1].set(xlabel="step", title="validation (dotted: stage boundaries)")
     fig.tight_layout()
     fig.savefig(output, dpi=100)
     plt.close(fig)
