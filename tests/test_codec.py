@@ -189,3 +189,15 @@ def test_fuzzed_containers_are_refused_cleanly(codec, valid_file, data):
         return
     with pytest.raises(ContainerError):
         decompress_image(codec, bytes(corrupted))
+
+
+@pytest.mark.slow
+def test_4000x3000_round_trip_with_the_default_student(tmp_path):
+    torch.manual_seed(0)
+    path = tmp_path / "student.pth.tar"
+    torch.save({"state_dict": FEDSStudent().state_dict()}, path)
+    codec = Codec.from_checkpoint(path)
+    image = photo(4000, 3000)
+    data, reconstruction = compress_image(codec, image)
+    assert unpack(data)[0].tile_size == 1024
+    assert_same_image(decompress_image(codec, data), reconstruction)
