@@ -19,7 +19,7 @@ __all__ = ["Stage", "TrainingConfig", "default_stages"]
 
 @dataclass
 class Stage:
-    """One FEDS training stage (paper, Sec. 3.4).
+    """One FEDS training stage (paper: three-stage training strategy).
 
     Args:
         name: ``feature_alignment``, ``channel_distillation`` or ``fine_tuning``.

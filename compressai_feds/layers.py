@@ -12,7 +12,7 @@ __all__ = ["SwinV2AttentionBlock"]
 class SwinV2AttentionBlock(nn.Module):
     """Window attention on an ``NCHW`` feature map, made of timm's Swin-V2 blocks.
 
-    The FEDS teacher (paper, Sec. 3.1) inserts Swin-Transformer-V2 attention
+    The FEDS teacher (paper: teacher architecture) inserts Swin-Transformer-V2 attention
     modules into its analysis and synthesis transforms. Each module here is a
     pair of :class:`timm.models.swin_transformer_v2.SwinTransformerV2Block`:
     one with regular windows and one with windows shifted by half a window, so

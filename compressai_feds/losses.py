@@ -1,4 +1,4 @@
-"""The two FEDS distillation losses (Fu et al., arXiv 2503.06399, Sec. 3.2-3.3).
+"""The two FEDS distillation losses (Fu et al., arXiv 2503.06399: feature distillation and entropy-based channel-level distillation).
 
 The rate-distortion term is CompressAI's :class:`~compressai.losses.RateDistortionLoss`;
 this module adds what FEDS puts on top of it:
@@ -58,7 +58,7 @@ def spatial_attention(feature: Tensor, temperature: float = 1.0) -> Tensor:
 
 
 class FeatureAlignmentLoss(nn.Module):
-    r"""Attention-weighted feature alignment (paper, Sec. 3.2, feature distillation).
+    r"""Attention-weighted feature alignment (paper: feature distillation).
 
     For each aligned stage :math:`s` with teacher feature :math:`T_s` and student
     feature :math:`S_s`, with :math:`A(\cdot)` the spatial attention of
@@ -108,7 +108,7 @@ def channel_entropy_bits(likelihoods: Tensor) -> Tensor:
 
 
 class EntropyWeightedChannelLoss(nn.Module):
-    r"""Entropy-weighted channel-level distillation of the latent (paper, Sec. 3.3).
+    r"""Entropy-weighted channel-level distillation of the latent (paper: entropy-weighted channel-level distillation).
 
     The student latent is mapped to the teacher's channel count by a 1×1
     adapter. For each channel :math:`c`, the spatial softmaxes (temperature

@@ -1,4 +1,4 @@
-"""The FEDS teacher and student codecs (Fu et al., arXiv 2503.06399, Sec. 3.1)."""
+"""The FEDS teacher and student codecs (Fu et al., arXiv 2503.06399: teacher and student architectures)."""
 
 from __future__ import annotations
 
@@ -246,7 +246,7 @@ def _config_from_state_dict(state_dict: Mapping[str, Tensor]) -> dict[str, Any]:
 @register_model("feds-teacher")
 class FEDSTeacher(FEDSCodec):
     """FEDS teacher: wide transforms, extra residual blocks, Swin-V2 attention,
-    expanded latent and five uneven slices (paper, Sec. 3.1).
+    expanded latent and five uneven slices (paper: teacher model).
 
     The defaults are sized to be trainable on a CPU; the paper-scale teacher is
     ``FEDSTeacher(N=192, M=320, groups=(16, 16, 32, 64, 192))``.
@@ -267,7 +267,7 @@ class FEDSTeacher(FEDSCodec):
 @register_model("feds-student")
 class FEDSStudent(FEDSCodec):
     """FEDS student: the teacher's interfaces with fewer channels, one residual
-    block per stage, no attention and two slices (paper, Sec. 3.1).
+    block per stage, no attention and two slices (paper: student model).
 
     Its parameter count is at most 37% of the default teacher's and its
     encode + decode time at most 27% (the paper's -63% and -73%).

@@ -1,4 +1,4 @@
-"""The three-stage FEDS trainer (paper, Sec. 3.4), from one CPU to many GPUs.
+"""The three-stage FEDS trainer (paper: training strategy), from one CPU to many GPUs.
 
 One :class:`DistillationTrainer` runs the stages of a :class:`~.config.TrainingConfig`:
 feature alignment (rate-distortion + feature loss), channel-level distillation
