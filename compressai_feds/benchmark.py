@@ -86,17 +86,19 @@ def measure_coding(net: FEDSCodec, images: list[torch.Tensor], name: str) -> dic
 
 
 def training_step_seconds(
-    net: FEDSCodec, lmbda: float, batch: int = 8, size: int = 256, steps: int = 3
+    net: FEDSCodec, lmbda: float, fast: bool, batch: int = 8, size: int = 256, steps: int = 3
 ) -> float:
-    """Mean seconds of one bf16-autocast, channels_last training step on random crops."""
-    net = net.train().to(memory_format=torch.channels_last)
+    """Mean seconds of one training step on random crops: ``fast`` is bf16
+    autocast with channels_last, else plain fp32."""
+    memory_format = torch.channels_last if fast else torch.contiguous_format
+    net = net.train().to(memory_format=memory_format)
     optimizer = torch.optim.Adam(net.parameters(), lr=1e-5)
     criterion = RateDistortionLoss(lmbda=lmbda)
-    x = torch.rand(batch, 3, size, size).contiguous(memory_format=torch.channels_last)
+    x = torch.rand(batch, 3, size, size).contiguous(memory_format=memory_format)
     times = []
     for _ in range(steps + 1):  # the first step warms up
         start = time.perf_counter()
-        with torch.autocast(x.device.type, dtype=torch.bfloat16):
+        with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=fast):
             out = net(x)
         loss = criterion(out, x)["loss"]
         optimizer.zero_grad()
