@@ -19,3 +19,12 @@ def test_benchmark_reports_both_models_and_their_ratios(tmp_path):
 def test_benchmark_refuses_a_missing_folder(tmp_path):
     with pytest.raises(SystemExit, match="neither an image file nor a folder"):
         main([str(tmp_path / "missing")])
+
+
+@pytest.mark.parametrize("fast", [True, False])
+def test_training_step_is_timed_in_both_modes(fast):
+    from compressai_feds import FEDSStudent
+    from compressai_feds.benchmark import training_step_seconds
+
+    net = FEDSStudent(N=16, M=32, groups=(8, 24))
+    assert training_step_seconds(net, 0.01, fast=fast, batch=1, size=64, steps=1) > 0
