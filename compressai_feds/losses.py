@@ -65,11 +65,13 @@ class FeatureAlignmentLoss(nn.Module):
     :func:`spatial_attention`:
 
     .. math::
-        L_{feat} = \sum_s \operatorname{mean}\big(A(T_s)\,(\phi_s(S_s) - T_s)^2\big)
+        L_{feat} = \sum_s \frac{\operatorname{mean}\big(A(T_s)\,(\phi_s(S_s) - T_s)^2\big)}
+                              {\operatorname{mean}(T_s^2)}
                    + \big\|A(\phi_s(S_s)) - A(T_s)\big\|_2^2 / HW
 
-    The first term is an MSE that stresses the positions the teacher attends to;
-    the second makes the student attend to the same positions.
+    The first term is an MSE, relative to the teacher feature's energy, that
+    stresses the positions the teacher attends to; the second makes the student
+    attend to the same positions.
 
     Args:
         student_channels: Width of each aligned student feature, by name.
@@ -95,7 +97,8 @@ class FeatureAlignmentLoss(nn.Module):
             target = teacher[name].float().detach()
             mapped = adapter(student[name]).float()
             attention = spatial_attention(target, self.temperature)
-            weighted_mse = (attention * (mapped - target).pow(2)).mean()
+            energy = target.pow(2).mean() + 1e-8  # scale-free: features differ in magnitude by stage
+            weighted_mse = (attention * (mapped - target).pow(2)).mean() / energy
             attention_gap = (spatial_attention(mapped, self.temperature) - attention).pow(2).mean()
             total = total + weighted_mse + attention_gap
         return total

@@ -86,3 +86,12 @@ def test_channel_loss_maps_student_channels_and_never_updates_the_teacher():
     loss(student, teacher, torch.rand(5)).backward()
     assert student.grad is not None and loss.adapter.weight.grad is not None
     assert teacher.grad is None
+
+
+def test_feature_loss_does_not_depend_on_feature_scale():
+    torch.manual_seed(0)
+    loss = FeatureAlignmentLoss({"a": 4}, {"a": 4})
+    student, teacher = torch.randn(1, 4, 8, 8), torch.randn(1, 4, 8, 8)
+    assert loss({"a": 10 * student}, {"a": 10 * teacher}).item() == pytest.approx(
+        loss({"a": student}, {"a": teacher}).item(), rel=1e-4
+    )
