@@ -46,15 +46,15 @@ def make_adapter(in_ch: int, out_ch: int) -> nn.Conv2d:
 
 
 def spatial_attention(feature: Tensor, temperature: float = 1.0) -> Tensor:
-    """Where a feature map carries energy: a softmax over positions of the
-    channel-mean squared activation, scaled so that it averages 1.
+    """Where a feature map carries energy: the channel-mean squared activation,
+    raised to ``1 / temperature`` and scaled to average 1 over positions
+    (attention transfer, Zagoruyko & Komodakis 2017). Higher temperatures
+    flatten the map.
 
     Returns a ``(B, 1, H, W)`` map.
     """
-    b, _, h, w = feature.shape
-    energy = feature.float().pow(2).mean(dim=1).flatten(1)
-    energy = energy / (energy.mean(dim=1, keepdim=True) + 1e-8)  # scale-free
-    return (h * w * F.softmax(energy / temperature, dim=1)).view(b, 1, h, w)
+    energy = feature.float().pow(2).mean(dim=1, keepdim=True).pow(1 / temperature)
+    return energy / (energy.mean(dim=(2, 3), keepdim=True) + 1e-12)
 
 
 class FeatureAlignmentLoss(nn.Module):
