@@ -23,26 +23,25 @@ from PIL import Image
 from torchvision.transforms.functional import to_tensor
 from tqdm import tqdm
 
+from .data import find_images
 from .models import FEDSCodec
 from .zoo import LAMBDAS, feds_student, feds_teacher
 
 SAMPLES = Path(__file__).resolve().parent / "samples"
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".ppm"}
 
 
 def image_paths(inputs: list[str]) -> list[Path]:
-    """Expands files and folders into a sorted list of image files."""
+    """Expands files and folders into a list of image files."""
     paths: list[Path] = []
     for item in inputs or [str(SAMPLES)]:
         path = Path(item)
-        if path.is_dir():
-            paths += sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-        elif path.is_file():
+        if path.is_file():
             paths.append(path)
-        else:
-            raise SystemExit(f"error: {path} is neither an image file nor a folder")
-    if not paths:
-        raise SystemExit(f"error: no images in {', '.join(inputs)}")
+            continue
+        try:
+            paths += find_images(path)
+        except FileNotFoundError as exc:
+            raise SystemExit(f"error: {exc}") from None
     return paths
 
 

@@ -19,7 +19,7 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-from .container import FLAG_ALPHA, FLAG_PALETTE, ContainerError, Header, pack, unpack
+from .container import FLAG_ALPHA, FLAG_PALETTE, ContainerError, Header, describe_model, pack, unpack
 from .models import FEDSCodec
 from .zoo import architecture_name, load_codec
 
@@ -97,8 +97,7 @@ class Codec:
         return cls(net, architecture, metric, quality, model_id(net))
 
     def describe(self) -> str:
-        source = f"quality {self.quality}" if self.quality else "a checkpoint"
-        return f"{self.architecture} ({self.metric}, {source}, model id {self.model_id.hex()})"
+        return describe_model(self.architecture, self.metric, self.quality, self.model_id)
 
 
 def _tiles(height: int, width: int, size: int) -> list[tuple[int, int, int, int]]:

@@ -31,7 +31,7 @@ import struct
 import zlib
 from dataclasses import dataclass
 
-__all__ = ["FORMAT_VERSION", "MAGIC", "ContainerError", "Header", "pack", "unpack"]
+__all__ = ["FORMAT_VERSION", "MAGIC", "ContainerError", "Header", "describe_model", "pack", "unpack"]
 
 MAGIC = b"FEDS"
 FORMAT_VERSION = 1
@@ -61,8 +61,13 @@ class Header:
 
     @property
     def model_name(self) -> str:
-        source = f"quality {self.quality}" if self.quality else "a checkpoint"
-        return f"{self.architecture} ({self.metric}, {source}, model id {self.model_id.hex()})"
+        return describe_model(self.architecture, self.metric, self.quality, self.model_id)
+
+
+def describe_model(architecture: str, metric: str, quality: int, model_id: bytes) -> str:
+    """How files and messages name a model, e.g. ``feds-student (mse, quality 3, model id ...)``."""
+    source = f"quality {quality}" if quality else "a checkpoint"
+    return f"{architecture} ({metric}, {source}, model id {model_id.hex()})"
 
 
 def _pack_str(value: str) -> bytes:

@@ -97,8 +97,10 @@ class FeatureAlignmentLoss(nn.Module):
             target = teacher[name].float().detach()
             mapped = adapter(student[name]).float()
             attention = spatial_attention(target, self.temperature)
-            energy = target.pow(2).mean() + 1e-8  # scale-free: features differ in magnitude by stage
-            weighted_mse = (attention * (mapped - target).pow(2)).mean() / energy
+            # relative to each image's feature energy: scale-free across stages, and
+            # a mean over images, so that split batches (DDP) give the same loss
+            energy = target.pow(2).mean(dim=(1, 2, 3)) + 1e-8
+            weighted_mse = ((attention * (mapped - target).pow(2)).mean(dim=(1, 2, 3)) / energy).mean()
             attention_gap = (spatial_attention(mapped, self.temperature) - attention).pow(2).mean()
             total = total + weighted_mse + attention_gap
         return total

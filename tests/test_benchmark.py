@@ -17,7 +17,7 @@ def test_benchmark_reports_both_models_and_their_ratios(tmp_path):
 
 
 def test_benchmark_refuses_a_missing_folder(tmp_path):
-    with pytest.raises(SystemExit, match="neither an image file nor a folder"):
+    with pytest.raises(SystemExit, match="does not exist"):
         main([str(tmp_path / "missing")])
 
 
