@@ -22,7 +22,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 from tqdm import tqdm
 
 SUFFIX = ".feds"
@@ -68,15 +68,7 @@ def _run_each(paths: list[Path], job: Callable[[Path], str], desc: str) -> int:
     for path in tqdm(paths, desc=desc, unit="file", disable=len(paths) < 2 or None):
         try:
             line = job(path)
-        except KeyboardInterrupt:
-            raise
-        except (
-            OSError,
-            ValueError,
-            UnidentifiedImageError,
-            Image.DecompressionBombError,
-            RuntimeError,
-        ) as exc:
+        except (OSError, ValueError, Image.DecompressionBombError, RuntimeError) as exc:
             failures += 1
             reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
             tqdm.write(
@@ -120,15 +112,14 @@ def encode(args: argparse.Namespace) -> int:
 
 
 def decode(args: argparse.Namespace) -> int:
-    from .codec import Codec, decompress_image
+    from .codec import Codec, decompress_streams
     from .container import unpack
 
     codecs: dict[tuple, Codec] = {}
     outputs = dict(zip(args.inputs, _output_paths(args.inputs, args.output, ".png"), strict=True))
 
     def job(path: Path) -> str:
-        data = path.read_bytes()
-        header, _ = unpack(data)
+        header, streams = unpack(path.read_bytes())
         key = (header.architecture, header.metric, header.quality)
         if key not in codecs:
             if args.checkpoint:
@@ -139,7 +130,7 @@ def decode(args: argparse.Namespace) -> int:
                 codecs[key] = Codec.from_zoo(header.architecture, header.quality, header.metric)
         codec = codecs[key]
         start = time.perf_counter()
-        image = decompress_image(codec, data)
+        image = decompress_streams(codec, header, streams)
         seconds = time.perf_counter() - start
         _write_atomically(outputs[path], lambda tmp: image.save(tmp, format="PNG"))
         return f"{path} -> {outputs[path]}: {image.width}x{image.height} {image.mode}, {seconds:.2f} s"

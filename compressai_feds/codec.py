@@ -23,7 +23,7 @@ from .container import FLAG_ALPHA, FLAG_PALETTE, ContainerError, Header, describ
 from .models import FEDSCodec
 from .zoo import architecture_name, load_codec
 
-__all__ = ["Codec", "CodecError", "compress_image", "decompress_image", "model_id"]
+__all__ = ["Codec", "CodecError", "compress_image", "decompress_image", "decompress_streams", "model_id"]
 
 SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I")
 DEFAULT_TILE_SIZE = 1024
@@ -187,10 +187,14 @@ def check_model(header: Header, codec: Codec) -> None:
         )
 
 
-@torch.no_grad()
 def decompress_image(codec: Codec, data: bytes) -> Image.Image:
     """Decodes the bytes of a ``.feds`` file."""
-    header, streams = unpack(data)
+    return decompress_streams(codec, *unpack(data))
+
+
+@torch.no_grad()
+def decompress_streams(codec: Codec, header: Header, streams: list[bytes]) -> Image.Image:
+    """Decodes the parsed contents of a ``.feds`` file."""
     check_model(header, codec)
     if header.width * header.height > MAX_PIXELS:
         raise CodecError(f"{header.width}x{header.height} exceeds the {MAX_PIXELS:,}-pixel limit")
