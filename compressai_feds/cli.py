@@ -132,7 +132,11 @@ def decode(args: argparse.Namespace) -> int:
         start = time.perf_counter()
         image = decompress_streams(codec, header, streams)
         seconds = time.perf_counter() - start
-        _write_atomically(outputs[path], lambda tmp: image.save(tmp, format="PNG"))
+        target = outputs[path]
+        image_format = Image.registered_extensions().get(target.suffix.lower(), "PNG")
+        if image_format == "PNG" and image.mode in ("CMYK", "YCbCr", "LAB", "HSV"):
+            raise ValueError(f"PNG cannot hold mode {image.mode}: decode to a .tiff instead (-o NAME.tiff)")
+        _write_atomically(target, lambda tmp: image.save(tmp, format=image_format))
         return f"{path} -> {outputs[path]}: {image.width}x{image.height} {image.mode}, {seconds:.2f} s"
 
     return _run_each(args.inputs, job, "decode")
@@ -171,7 +175,12 @@ def build_parser() -> argparse.ArgumentParser:
     enc.set_defaults(run=encode)
     dec = commands.add_parser("decode", help="decompress .feds files to PNG")
     dec.add_argument("inputs", nargs="+", type=Path)
-    dec.add_argument("-o", "--output", type=Path, help="output image (one input) or folder")
+    dec.add_argument(
+        "-o",
+        "--output",
+        type=Path,
+        help="output image (one input; its suffix picks the format) or folder (PNG)",
+    )
     dec.add_argument("--checkpoint", type=Path, help="the weights the files were coded with")
     dec.set_defaults(run=decode)
     inf = commands.add_parser("info", help="describe .feds files")

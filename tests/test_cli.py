@@ -147,3 +147,16 @@ def test_wrong_model_and_bad_checkpoint_are_named(files, tmp_path):
     (tmp_path / "junk.pth.tar").write_bytes(b"junk")
     junk = cli("encode", root / "a.png", "-o", tmp_path / "j.feds", "--checkpoint", tmp_path / "junk.pth.tar")
     assert junk.returncode == 2 and "refusing checkpoint" in junk.stderr and "Traceback" not in junk.stderr
+
+
+def test_output_suffix_picks_the_format_and_png_refuses_cmyk(files, tmp_path):
+    root, checkpoint = files
+    Image.open(root / "a.png").convert("CMYK").save(tmp_path / "c.jpg")
+    assert (
+        cli("encode", tmp_path / "c.jpg", "-o", tmp_path / "c.feds", "--checkpoint", checkpoint).returncode
+        == 0
+    )
+    png = cli("decode", tmp_path / "c.feds", "-o", tmp_path / "c.png", "--checkpoint", checkpoint)
+    assert png.returncode == 1 and "decode to a .tiff" in png.stderr and not (tmp_path / "c.png").exists()
+    tiff = cli("decode", tmp_path / "c.feds", "-o", tmp_path / "c.tiff", "--checkpoint", checkpoint)
+    assert tiff.returncode == 0 and Image.open(tmp_path / "c.tiff").mode == "CMYK"
