@@ -6,8 +6,8 @@ a :class:`~compressai.latent_codecs.ChannelGroupsLatentCodec`. The latent is
 split into slices; slice ``k`` is coded with a Gaussian whose mean and scale
 come from the hyperprior and from the slices ``0..k-1`` already decoded
 (Minnen & Singh, "Channel-wise autoregressive entropy models for learned image
-compression", ICIP 2020, Sec. 2). The only piece CompressAI lacks is latent
-residual prediction (ibid., Sec. 2.2), added by
+compression", ICIP 2020: the channel-conditional model). The only piece
+CompressAI lacks is latent residual prediction (ibid.), added by
 :class:`LatentResidualGaussianLatentCodec`.
 """
 
@@ -37,7 +37,7 @@ class LatentResidualGaussianLatentCodec(GaussianConditionalLatentCodec):
 
     After a slice is quantized, ``y_hat += 0.5 * tanh(lrp([ctx_params, y_hat]))``
     predicts part of its quantization residual from what the decoder already
-    knows (Minnen & Singh 2020, Sec. 2.2). Encoder and decoder apply the same
+    knows (Minnen & Singh 2020: latent residual prediction). Encoder and decoder apply the same
     correction, so the bitstream is unchanged and decoding stays exact.
 
     Shapes are ``(C, H, W)``, the convention of

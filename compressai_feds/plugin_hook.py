@@ -13,10 +13,10 @@ as the function's ``architecture`` attribute.
 
 This file is installed as the top-level module ``compressai_plugin_hook`` (not
 inside the ``compressai_feds`` package, so that loading it never imports the
-package), imported at interpreter start-up by ``compressai_plugin_hook.pth``. At start-up it only adds a finder to
-``sys.meta_path`` that waits for ``compressai.zoo`` to be imported: it imports
-neither torch nor compressai, and any failure is swallowed so that Python
-always starts.
+package), imported at interpreter start-up by ``compressai_plugin_hook.pth``.
+At start-up it only adds a finder to ``sys.meta_path`` that waits for
+``compressai.zoo`` to be imported: it imports neither torch nor compressai, and
+any failure is swallowed so that Python always starts.
 """
 
 # Only ``sys`` at module level: this runs at every interpreter start-up.
