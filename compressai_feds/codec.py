@@ -20,12 +20,12 @@ from PIL import Image
 from torch import Tensor
 
 from .container import FLAG_ALPHA, FLAG_PALETTE, ContainerError, Header, describe_model, pack, unpack
+from .data import SIXTEEN_BIT_MODES, to_8_bit
 from .models import FEDSCodec
 from .zoo import architecture_name, load_codec
 
 __all__ = ["Codec", "CodecError", "compress_image", "decompress_image", "decompress_streams", "model_id"]
 
-SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I")
 DEFAULT_TILE_SIZE = 1024
 MAX_PIXELS = 1 << 28
 
@@ -122,10 +122,7 @@ def _split_image(image: Image.Image) -> tuple[Tensor, bytes | None, bytes | None
         image, mode = image.convert("RGBA"), "RGBA"
     alpha = image.getchannel("A").tobytes() if mode in ("RGBA", "LA") else None
     palette = bytes(image.getpalette() or []) if mode == "P" else None
-    if mode in SIXTEEN_BIT_MODES:
-        array = (np.asarray(image, dtype=np.uint32) >> 8).astype(np.uint8)
-        image = Image.fromarray(array)  # mode L
-    rgb = np.asarray(image.convert("RGB"))
+    rgb = np.asarray(to_8_bit(image).convert("RGB"))
     return torch.from_numpy(rgb.copy()).permute(2, 0, 1), alpha, palette, mode
 
 

@@ -17,7 +17,15 @@ from PIL import Image
 from torch import Tensor
 from torch.utils.data import Dataset, Sampler
 
-__all__ = ["IMAGE_SUFFIXES", "ImageCrops", "StreamSampler", "find_images", "load_rgb"]
+__all__ = [
+    "IMAGE_SUFFIXES",
+    "SIXTEEN_BIT_MODES",
+    "ImageCrops",
+    "StreamSampler",
+    "find_images",
+    "load_rgb",
+    "to_8_bit",
+]
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".ppm", ".pgm"}
 
@@ -33,13 +41,21 @@ def find_images(folder: str | Path) -> list[Path]:
     return paths
 
 
+SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I")
+
+
+def to_8_bit(image: Image.Image) -> Image.Image:
+    """16-bit grayscale reduced to 8 bits (mode L); other images unchanged."""
+    if image.mode not in SIXTEEN_BIT_MODES:
+        return image
+    return Image.fromarray((np.asarray(image, dtype=np.uint32) >> 8).astype(np.uint8))
+
+
 def load_rgb(path: str | Path) -> Tensor:
     """An image file as a ``(3, H, W)`` uint8 tensor: grayscale is replicated,
     alpha dropped, palettes expanded and 16-bit samples reduced to 8 bits."""
     with Image.open(path) as image:
-        if image.mode in ("I;16", "I;16B", "I;16L", "I"):
-            image = Image.fromarray((np.asarray(image, dtype=np.uint32) >> 8).astype(np.uint8))
-        array = np.asarray(image.convert("RGB"))
+        array = np.asarray(to_8_bit(image).convert("RGB"))
     return torch.from_numpy(array.copy()).permute(2, 0, 1)
 
 
