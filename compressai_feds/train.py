@@ -19,9 +19,12 @@ from .config import TrainingConfig
 from .trainer import DistillationTrainer
 
 
-def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
-    parser = parser or argparse.ArgumentParser(prog="compressai-feds train", description=__doc__)
-    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="compressai-feds train",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument(
         "--out", required=True, type=Path, help="run folder: checkpoints, config, metrics, plot"
     )
