@@ -4,6 +4,7 @@
     compressai-feds decode FILE...  [-o IMAGE.png|DIR] [--checkpoint CKPT]
     compressai-feds info FILE...
     compressai-feds train ...       # the FEDS trainer (see compressai_feds.train)
+    compressai-feds campaign ...    # the zoo's training campaign (see compressai_feds.campaign)
     compressai-feds benchmark ...   # teacher vs student, measured in one run
 
 Every failure is one line on stderr (``error: PATH: reason``) and a non-zero
@@ -186,7 +187,7 @@ def build_parser() -> argparse.ArgumentParser:
     inf = commands.add_parser("info", help="describe .feds files")
     inf.add_argument("inputs", nargs="+", type=Path)
     inf.set_defaults(run=info)
-    for name in ("train", "benchmark"):
+    for name in ("train", "campaign", "benchmark"):
         commands.add_parser(name, add_help=False, help=f"see compressai-feds {name} --help")
     return parser
 
@@ -197,6 +198,10 @@ def main(argv: list[str] | None = None) -> int:
         from .train import main as train
 
         return train(argv[1:])
+    if argv[:1] == ["campaign"]:
+        from .campaign import main as campaign
+
+        return campaign(argv[1:])
     if argv[:1] == ["benchmark"]:
         from .benchmark import main as benchmark
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import re
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -216,14 +217,28 @@ class FEDSCodec(SimpleVAECompressionModel):
 
     @classmethod
     def from_state_dict(cls, state_dict: Mapping[str, Tensor]) -> FEDSCodec:
-        """Builds the codec a state dict was saved from and loads it."""
+        """Builds the codec a state dict was saved from and loads it.
+
+        ``FEDSCodec.from_state_dict`` returns a :class:`FEDSTeacher` or
+        :class:`FEDSStudent` when the weights have that class's default sizes.
+        """
         try:
             config = _config_from_state_dict(state_dict)
         except (KeyError, IndexError) as exc:
             raise ValueError(f"this state dict is not from a {cls.__name__} (missing {exc})") from None
+        if cls is FEDSCodec:
+            cls = next((sub for sub in cls.__subclasses__() if _default_config(sub) == config), cls)
         net = cls(**config)
         net.load_state_dict(state_dict)
         return net
+
+
+def _default_config(cls: type[FEDSCodec]) -> dict[str, Any]:
+    """The constructor defaults of a codec class, as :func:`_config_from_state_dict` reads them."""
+    parameters = inspect.signature(cls.__init__).parameters
+    config = {name: parameters[name].default for name in ("N", "M", "groups", "num_res_blocks", "attention")}
+    config["groups"] = list(config["groups"])
+    return config
 
 
 def _config_from_state_dict(state_dict: Mapping[str, Tensor]) -> dict[str, Any]:

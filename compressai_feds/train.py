@@ -31,7 +31,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--resume", action="store_true", help="continue the run in --out from its last checkpoint"
     )
-    parser.add_argument("--config", type=Path, help="start from a saved config.json")
+    parser.add_argument(
+        "--config", type=Path, help="start from a saved config.json (with --resume: replaces the run's)"
+    )
+    parser.add_argument(
+        "--start-step",
+        type=int,
+        default=0,
+        help="start the schedule at this step (continuing a run from its weights alone: --student CKPT)",
+    )
     parser.add_argument("--data", help="folder of training photographs (any RGB/grayscale/RGBA images)")
     parser.add_argument("--val", help="folder of a few full images for validation")
     parser.add_argument(
@@ -115,12 +123,14 @@ def config_from_args(args: argparse.Namespace) -> TrainingConfig:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        progress = not args.no_progress
         if args.resume:
-            trainer = DistillationTrainer(
-                TrainingConfig(), args.out, resume=True, progress=not args.no_progress
-            )
+            config = config_from_args(args) if args.config else None
+            trainer = DistillationTrainer(config, args.out, resume=True, progress=progress)
         else:
-            trainer = DistillationTrainer(config_from_args(args), args.out, progress=not args.no_progress)
+            trainer = DistillationTrainer(
+                config_from_args(args), args.out, start_step=args.start_step, progress=progress
+            )
     except (ValueError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

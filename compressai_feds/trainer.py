@@ -180,16 +180,28 @@ class DistillationTrainer:
     """Runs the FEDS stages of ``config``, writing everything to ``out_dir``.
 
     Args:
-        config: The run's settings (saved beside every checkpoint).
+        config: The run's settings (saved beside every checkpoint). When
+            resuming, ``None`` keeps the checkpoint's; a config given replaces
+            it (e.g. longer stages), the state (weights, optimizers, step) is
+            the checkpoint's.
         out_dir: Checkpoints (``checkpoint.pth.tar``: everything to resume;
             ``best.pth.tar``: the student with the best validation RD loss),
             ``config.json``, ``metrics.jsonl`` and ``training.png``.
-        resume: Continue from ``out_dir/checkpoint.pth.tar`` with its config.
+        resume: Continue from ``out_dir/checkpoint.pth.tar``.
+        start_step: Without ``resume``: the schedule position to start at
+            (stage, learning rate, data stream), for continuing a run from its
+            weights alone (``config.student`` a checkpoint) with fresh
+            optimizers.
         progress: Show a progress bar (rank 0).
     """
 
     def __init__(
-        self, config: TrainingConfig, out_dir: str | Path, resume: bool = False, progress: bool = True
+        self,
+        config: TrainingConfig | None,
+        out_dir: str | Path,
+        resume: bool = False,
+        start_step: int = 0,
+        progress: bool = True,
     ):
         self.out_dir = Path(out_dir)
         checkpoint = None
@@ -198,7 +210,11 @@ class DistillationTrainer:
             if not path.is_file():
                 raise FileNotFoundError(f"nothing to resume: {path} does not exist")
             checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-            config = TrainingConfig.from_dict(checkpoint["config"])
+            config = config or TrainingConfig.from_dict(checkpoint["config"])
+        elif config is None:
+            raise ValueError("a config is needed unless resuming")
+        if start_step and resume:
+            raise ValueError("start_step is for runs that do not resume from a checkpoint")
         self.config = config
         self.progress = progress
         self.rank, self.world_size, self.device = _init_distributed()
@@ -228,6 +244,8 @@ class DistillationTrainer:
         self.best_val_loss = math.inf
         if checkpoint is not None:
             self._restore(checkpoint)
+        elif start_step:
+            self._start_at(start_step)
         self.model: nn.Module = self.objective
         if self.world_size > 1:
             self.model = DistributedDataParallel(self.objective, find_unused_parameters=True)
@@ -265,6 +283,15 @@ class DistillationTrainer:
         random.setstate(checkpoint["rng"]["python"])
         if self.is_main:
             _truncate_metrics(self.out_dir / METRICS, self.step)
+
+    def _start_at(self, step: int) -> None:
+        """Positions the schedule at ``step``, as if the steps before it had run."""
+        self.step = step
+        self.scheduler.last_epoch = step
+        for group in self.optimizers["net"].param_groups:
+            group["lr"] = self.config.lr_at(step)
+        if self.is_main:
+            _truncate_metrics(self.out_dir / METRICS, step)
 
     def save_checkpoint(self) -> None:
         if self.is_main:

@@ -1,0 +1,452 @@
+"""The zoo's training campaign: the jobs of a recipe, run in dependency order,
+resumed whenever they were stopped, exported into the zoo as they go.
+
+    compressai-feds campaign [zoo/recipe.json] [--data DIR] [--runs DIR] [--zoo DIR]
+
+A recipe (JSON, kept beside the zoo) lists jobs: the model and quality to train,
+its stages, and which job it needs (``teacher``: the job it distils from;
+``init``: the job whose weights it starts from). Jobs whose needs are finished
+run side by side, each in its own ``compressai-feds train`` process with its
+own CPU threads, as long as the recipe's ``threads`` allow.
+
+Nothing is lost when the campaign is stopped:
+
+* a job resumes from its run folder (``RUNS/<job>/checkpoint.pth.tar``: weights,
+  optimizers, data position) when that folder still exists;
+* else from the weights last exported into the zoo (a fresh clone on another
+  machine): the same schedule continues at the exported step, with fresh
+  optimizers;
+* SIGTERM/SIGINT stops every job at its next step (each checkpoints), exports
+  them, records their progress and exits with status 0 (1 if a job failed).
+
+Each job is exported with CompressAI's ``update_model`` to ``ZOO/<export>-<sha256
+prefix>.pth.tar`` whenever it finishes or stops, and every ``export_minutes``
+while it runs; ``ZOO/training/<job>/`` keeps its config, ``metrics.jsonl``,
+learning-curve plot and ``state.json`` (status, step, wall time, threads,
+latest and best validation figures).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from .config import Stage, TrainingConfig
+from .data import find_images
+
+__all__ = ["Campaign", "Job", "Recipe", "split_validation"]
+
+DEFAULT_RECIPE = Path(__file__).resolve().parent.parent / "zoo" / "recipe.json"
+
+
+def split_validation(images: list[Path], every: int, offset: int) -> tuple[list[Path], list[Path]]:
+    """The fixed validation rule: of the images sorted by path, those at
+    positions ``offset, offset + every, ...`` validate and are never trained on."""
+    ordered = sorted(images, key=str)
+    val = [p for i, p in enumerate(ordered) if i % every == offset]
+    train = [p for i, p in enumerate(ordered) if i % every != offset]
+    return train, val
+
+
+@dataclass
+class Job:
+    """One training run of the campaign.
+
+    Args:
+        name: Unique name; also the name of its run and log folders.
+        model: Architecture trained (``feds-teacher`` or ``feds-student``).
+        quality: Quality level; sets λ.
+        stages: The FEDS stages (see :class:`~.config.Stage`).
+        export: Zoo name of the exported weights, e.g. ``feds-student-mse-3``
+            (a ``folder/`` prefix keeps ablations out of the zoo's lookup).
+        teacher: Job distilled from (``None``: rate-distortion alone).
+        init: Job whose final weights this one starts from (fine-tuning).
+        seed: Seed of the weights' initialisation, crops and noise.
+        threads: CPU threads of its process.
+        settings: Further :class:`~.config.TrainingConfig` fields.
+    """
+
+    name: str
+    model: str
+    quality: int
+    stages: list[Stage]
+    export: str
+    teacher: str | None = None
+    init: str | None = None
+    seed: int = 0
+    threads: int = 1
+    settings: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def needs(self) -> list[str]:
+        return [name for name in (self.teacher, self.init) if name]
+
+    @property
+    def total_steps(self) -> int:
+        return sum(stage.steps for stage in self.stages)
+
+
+@dataclass
+class Recipe:
+    """A campaign: its data, validation rule, CPU budget and jobs."""
+
+    data: str
+    jobs: list[Job]
+    validation_every: int = 33
+    validation_offset: int = 16
+    threads: int = 2
+    export_minutes: float = 30.0
+    settings: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def load(cls, path: str | Path) -> Recipe:
+        path = Path(path)
+        values = json.loads(path.read_text())
+        jobs = []
+        for job in values.pop("jobs"):
+            stages = [Stage(**stage) for stage in job.pop("stages")]
+            jobs.append(Job(stages=stages, **job))
+        values.pop("comment", None)
+        recipe = cls(jobs=jobs, **values)
+        data = Path(recipe.data)
+        recipe.data = str(data if data.is_absolute() else (path.parent / data).resolve())
+        recipe.check()
+        return recipe
+
+    def check(self) -> None:
+        names = [job.name for job in self.jobs]
+        if len(set(names)) != len(names):
+            raise ValueError(f"job names must be unique: {names}")
+        for job in self.jobs:
+            unknown = set(job.needs) - set(names)
+            if unknown:
+                raise ValueError(f"job {job.name} needs unknown jobs {sorted(unknown)}")
+            if job.threads > self.threads:
+                raise ValueError(f"job {job.name} wants {job.threads} threads, the campaign has {self.threads}")
+        done: set[str] = set()
+        pending = list(self.jobs)
+        while pending:
+            ready = [job for job in pending if set(job.needs) <= done]
+            if not ready:
+                raise ValueError(f"jobs with circular needs: {[job.name for job in pending]}")
+            done.update(job.name for job in ready)
+            pending = [job for job in pending if job.name not in done]
+
+
+@dataclass
+class _Running:
+    job: Job
+    process: subprocess.Popen
+    started: float
+    last_export: float
+    log: Any
+
+
+class Campaign:
+    """Runs a :class:`Recipe` to the end, or until SIGTERM/SIGINT.
+
+    Args:
+        recipe: The jobs.
+        runs: Folder of the run folders (outside git; may vanish between runs).
+        zoo: Where exports go, with ``training/<job>/`` logs (in git).
+        progress: Print one line per job event.
+    """
+
+    def __init__(self, recipe: Recipe, runs: str | Path, zoo: str | Path, progress: bool = True) -> None:
+        self.recipe = recipe
+        self.runs = Path(runs)
+        self.zoo = Path(zoo)
+        self.progress = progress
+        self.jobs = {job.name: job for job in recipe.jobs}
+        self._stop = False
+        self._failed: set[str] = set()
+        self._stopped: set[str] = set()
+        self._running: dict[str, _Running] = {}
+
+    # -- bookkeeping ---------------------------------------------------------
+
+    def log_dir(self, job: Job) -> Path:
+        return self.zoo / "training" / job.name
+
+    def run_dir(self, job: Job) -> Path:
+        return self.runs / job.name
+
+    def state(self, job: Job) -> dict[str, Any]:
+        path = self.log_dir(job) / "state.json"
+        return json.loads(path.read_text()) if path.is_file() else {"status": "pending", "step": 0}
+
+    def _write_state(self, job: Job, **values: Any) -> None:
+        folder = self.log_dir(job)
+        folder.mkdir(parents=True, exist_ok=True)
+        state = {**self.state(job), **values, "job": job.name, "total_steps": job.total_steps}
+        (folder / "state.json").write_text(json.dumps(state, indent=2) + "\n")
+
+    def exported(self, job: Job) -> Path | None:
+        folder, name = self._export_location(job)
+        found = sorted(folder.glob(f"{name}-*.pth.tar"))
+        return found[-1] if found else None
+
+    def _export_location(self, job: Job) -> tuple[Path, str]:
+        target = self.zoo / job.export
+        return target.parent, target.name
+
+    def finished(self, job: Job) -> bool:
+        state = self.state(job)
+        return state["status"] == "finished" and state["step"] >= job.total_steps
+
+    def _say(self, message: str) -> None:
+        if self.progress:
+            print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+    # -- data ----------------------------------------------------------------
+
+    def prepare_data(self) -> tuple[Path, Path]:
+        """Links the training and validation images into ``RUNS/data/`` by the
+        recipe's validation rule."""
+        source = Path(self.recipe.data)
+        train, val = split_validation(
+            find_images(source), self.recipe.validation_every, self.recipe.validation_offset
+        )
+        root = self.runs / "data"
+        for name, paths in (("train", train), ("val", val)):
+            folder = root / name
+            if folder.exists():
+                shutil.rmtree(folder)
+            for path in paths:
+                link = folder / path.relative_to(source)
+                link.parent.mkdir(parents=True, exist_ok=True)
+                link.symlink_to(path.resolve())
+        return root / "train", root / "val"
+
+    # -- one job -------------------------------------------------------------
+
+    def training_config(self, job: Job, data: Path, val: Path) -> TrainingConfig:
+        settings = {**self.recipe.settings, **job.settings}
+        student = job.model
+        if job.init:
+            student = str(self._require_export(self.jobs[job.init]))
+        teacher = str(self._require_export(self.jobs[job.teacher])) if job.teacher else None
+        return replace(
+            TrainingConfig(**settings),
+            data=str(data),
+            val=str(val),
+            student=student,
+            teacher=teacher,
+            quality=job.quality,
+            lmbda=None,
+            stages=job.stages,
+            seed=job.seed,
+        )
+
+    def _require_export(self, job: Job) -> Path:
+        path = self.exported(job)
+        if path is None:
+            raise FileNotFoundError(f"job {job.name} has no exported weights in {self.zoo}")
+        return path.resolve()
+
+    def _start(self, job: Job, data: Path, val: Path) -> _Running:
+        run_dir = self.run_dir(job)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        config = self.training_config(job, data, val)
+        state = self.state(job)
+        args = ["--out", str(run_dir), "--no-progress"]
+        if (run_dir / "checkpoint.pth.tar").is_file():
+            how = "resumes from its run folder"
+            args += ["--resume"]
+        elif state["step"] > 0 and self.exported(job) is not None:
+            how = f"continues from its exported weights at step {state['step']}"
+            config = replace(config, student=str(self.exported(job).resolve()))
+            args += ["--start-step", str(state["step"])]
+            history = self.log_dir(job) / "metrics.jsonl"
+            if history.is_file():
+                shutil.copyfile(history, run_dir / "metrics.jsonl")
+        else:
+            how = "starts"
+        config_path = run_dir / "campaign-config.json"
+        config.save(config_path)
+        args += ["--config", str(config_path)]
+        env = {
+            **os.environ,
+            "OMP_NUM_THREADS": str(job.threads),
+            "MKL_NUM_THREADS": str(job.threads),
+            "PYTHONWARNINGS": "ignore::FutureWarning",
+        }
+        log = (run_dir / "train.log").open("a")
+        process = subprocess.Popen(
+            [sys.executable, "-m", "compressai_feds.train", *args],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
+            start_new_session=True,  # a Ctrl-C reaches the campaign only; it stops the jobs itself
+        )
+        self._write_state(job, status="running", threads=job.threads)
+        self._say(f"{job.name} {how} ({job.threads} thread{'s' * (job.threads > 1)}, pid {process.pid})")
+        now = time.monotonic()
+        return _Running(job, process, now, now, log)
+
+    def export(self, job: Job, status: str, elapsed: float) -> None:
+        """Exports the job's latest checkpoint with ``update_model`` and records
+        its progress, training curves and the wall time added."""
+        run_dir = self.run_dir(job)
+        checkpoint = run_dir / "checkpoint.pth.tar"
+        state = self.state(job)
+        wall = state.get("wall_seconds", 0.0) + elapsed
+        if not checkpoint.is_file():
+            self._write_state(job, status=status, wall_seconds=wall)
+            return
+        import torch
+
+        step = torch.load(checkpoint, map_location="cpu", weights_only=True)["step"]
+        folder, name = self._export_location(job)
+        folder.mkdir(parents=True, exist_ok=True)
+        update_model = importlib.import_module("compressai.utils.update_model.__main__")
+        with tempfile.TemporaryDirectory(dir=folder) as tmp:
+            update_model.main([str(checkpoint), "-a", job.model, "-n", name, "-d", tmp])
+            (new,) = Path(tmp).glob("*.pth.tar")
+            for old in folder.glob(f"{name}-*.pth.tar"):
+                old.unlink()
+            new.replace(folder / new.name)
+        logs = self.log_dir(job)
+        logs.mkdir(parents=True, exist_ok=True)
+        for file in ("config.json", "metrics.jsonl", "training.png"):
+            if (run_dir / file).is_file():
+                shutil.copyfile(run_dir / file, logs / file)
+        records = []
+        if (run_dir / "metrics.jsonl").is_file():
+            records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line]
+        validations = [r for r in records if "val" in r]
+        best = min(validations, key=lambda r: r["val"]["rd_loss"], default=None)
+        self._write_state(
+            job,
+            status=status,
+            step=step,
+            wall_seconds=round(wall, 1),
+            threads=job.threads,
+            export=str((folder / new.name).relative_to(self.zoo)),
+            last_val=validations[-1] if validations else None,
+            best_val=best,
+            updated=time.strftime("%Y-%m-%d %H:%M:%S"),
+        )
+        self._say(f"{job.name}: exported step {step} of {job.total_steps} ({status})")
+
+    # -- the loop ------------------------------------------------------------
+
+    def _stop_handler(self, signum: int, frame: Any) -> None:
+        self._stop = True
+        for run in self._running.values():  # each checkpoints at its next step
+            run.process.send_signal(signal.SIGTERM)
+
+    def _ready(self, running: dict[str, _Running]) -> list[Job]:
+        return [
+            job
+            for job in self.recipe.jobs
+            if job.name not in running
+            and job.name not in self._failed | self._stopped
+            and not self.finished(job)
+            and all(self.finished(self.jobs[need]) for need in job.needs)
+        ]
+
+    def run(self, poll_seconds: float = 2.0) -> int:
+        """Runs until every job is finished, or until SIGTERM/SIGINT; returns
+        the exit status (1 if a job failed)."""
+        previous = {s: signal.signal(s, self._stop_handler) for s in (signal.SIGTERM, signal.SIGINT)}
+        running = self._running
+        try:
+            data, val = self.prepare_data()
+            while not self._stop:
+                free = self.recipe.threads - sum(r.job.threads for r in running.values())
+                for job in self._ready(running):
+                    if job.threads <= free:
+                        running[job.name] = self._start(job, data, val)
+                        free -= job.threads
+                if not running:
+                    break
+                time.sleep(poll_seconds)
+                for name, run in list(running.items()):
+                    code = run.process.poll()
+                    now = time.monotonic()
+                    if code is None:
+                        if now - run.last_export >= 60 * self.recipe.export_minutes:
+                            self.export(run.job, "running", now - run.started)
+                            run.started = run.last_export = now
+                        continue
+                    run.log.close()
+                    del running[name]
+                    if code == 0:
+                        self.export(run.job, "finished", now - run.started)
+                    elif code in (128 + signal.SIGTERM, 128 + signal.SIGINT):  # stopped from outside
+                        self._stopped.add(name)
+                        self.export(run.job, "stopped", now - run.started)
+                    else:
+                        self._failed.add(name)
+                        self.export(run.job, "failed", now - run.started)
+                        self._say(f"{name} failed (exit status {code}); see {self.run_dir(run.job) / 'train.log'}")
+            self._stop_all(running)
+        finally:
+            for s, handler in previous.items():
+                signal.signal(s, handler)
+        remaining = [job.name for job in self.recipe.jobs if not self.finished(job)]
+        self._say("all jobs finished" if not remaining else f"unfinished: {', '.join(remaining)}")
+        return 1 if self._failed else 0
+
+    def _stop_all(self, running: dict[str, _Running]) -> None:
+        """Stops the jobs still running (each checkpoints at its next step) and exports them."""
+        for run in running.values():
+            run.process.send_signal(signal.SIGTERM)
+        for run in running.values():
+            run.process.wait()
+            run.log.close()
+            self.export(run.job, "stopped", time.monotonic() - run.started)
+        running.clear()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="compressai-feds campaign",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("recipe", nargs="?", type=Path, default=DEFAULT_RECIPE, help="recipe JSON")
+    parser.add_argument("--data", help="training photographs (default: the recipe's)")
+    parser.add_argument("--runs", type=Path, default=Path("runs/campaign"), help="run folders (outside git)")
+    parser.add_argument("--zoo", type=Path, help="export folder (default: the recipe's folder)")
+    parser.add_argument("--threads", type=int, help="CPU threads for all jobs together (default: the recipe's)")
+    parser.add_argument("--status", action="store_true", help="print each job's progress and exit")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        recipe = Recipe.load(args.recipe)
+        if args.data:
+            recipe.data = str(Path(args.data).resolve())
+        if args.threads:
+            recipe.threads = args.threads
+            recipe.check()
+        campaign = Campaign(recipe, args.runs, args.zoo or args.recipe.resolve().parent)
+        if args.status:
+            for job in recipe.jobs:
+                state = campaign.state(job)
+                hours = state.get("wall_seconds", 0) / 3600
+                print(f"{job.name:24} {state['status']:9} {state['step']:>7}/{job.total_steps} steps  {hours:.2f} h")
+            return 0
+        return campaign.run()
+    except (ValueError, FileNotFoundError, json.JSONDecodeError, TypeError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,204 @@
+"""The training campaign on a tiny recipe: dependency order, stop, resume from
+the run folders or from the exported weights alone, exports that load."""
+
+import json
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from helpers import run_python, sample_crops
+
+from compressai_feds.campaign import Recipe, split_validation
+
+TINY_TEACHER = {"N": 32, "M": 64, "groups": [16, 48], "num_res_blocks": 1}
+TINY_STUDENT = {"N": 16, "M": 32, "groups": [8, 24], "num_res_blocks": 1}
+REPO_RECIPE = Path(__file__).resolve().parent.parent / "zoo" / "recipe.json"
+
+
+def stage(name, steps, feature_weight=0.0, channel_weight=0.0):
+    return {
+        "name": name,
+        "steps": steps,
+        "lr": 1e-4,
+        "feature_weight": feature_weight,
+        "channel_weight": channel_weight,
+    }
+
+
+def tiny_recipe(data: Path, teacher_steps: int = 100) -> dict:
+    student_stages = [stage("feature_alignment", 2, 1.0), stage("channel_distillation", 2, 1.0, 1.0)]
+    return {
+        "data": str(data),
+        "validation_every": 3,
+        "validation_offset": 1,
+        "threads": 2,
+        "export_minutes": 30,
+        "settings": {
+            "batch_size": 2,
+            "crop_size": 64,
+            "workers": 0,
+            "log_every": 1,
+            "checkpoint_every": 2,
+            "val_every": 1000,
+        },
+        "jobs": [
+            {
+                "name": "teacher",
+                "model": "feds-teacher",
+                "quality": 3,
+                "export": "feds-teacher-mse-3",
+                "settings": {"student_args": TINY_TEACHER},
+                "stages": [stage("rate_distortion", teacher_steps)],
+            },
+            {
+                "name": "baseline",
+                "model": "feds-student",
+                "quality": 3,
+                "export": "ablation/feds-student-noteacher-mse-3",
+                "settings": {"student_args": TINY_STUDENT},
+                "stages": student_stages,
+            },
+            {
+                "name": "student",
+                "model": "feds-student",
+                "quality": 3,
+                "export": "feds-student-mse-3",
+                "teacher": "teacher",
+                "settings": {"student_args": TINY_STUDENT},
+                "stages": student_stages,
+            },
+            {
+                "name": "student-q4",
+                "model": "feds-student",
+                "quality": 4,
+                "export": "feds-student-mse-4",
+                "init": "student",
+                "stages": [stage("fine_tuning", 2)],
+            },
+        ],
+    }
+
+
+@pytest.fixture
+def campaign_dir(tmp_path):
+    images = tmp_path / "images"
+    for k, size in enumerate((96, 80, 72)):
+        sample_crops(images / str(k), size=size, count=1)
+    (tmp_path / "zoo").mkdir()
+    (tmp_path / "zoo" / "recipe.json").write_text(json.dumps(tiny_recipe(images)))
+    return tmp_path
+
+
+def campaign(root: Path) -> list[str]:
+    return [
+        sys.executable, "-m", "compressai_feds.campaign", str(root / "zoo" / "recipe.json"),
+        "--runs", str(root / "runs"),
+    ]  # fmt: skip
+
+
+def state(root: Path, job: str) -> dict:
+    return json.loads((root / "zoo" / "training" / job / "state.json").read_text())
+
+
+def test_validation_rule_is_fixed_and_disjoint():
+    images = [Path(f"img{i:03d}.png") for i in range(100)]
+    train, val = split_validation(list(reversed(images)), every=33, offset=16)
+    assert [p.name for p in val] == ["img016.png", "img049.png", "img082.png"]
+    assert len(train) == 97 and not set(train) & set(val)
+
+
+def test_the_zoo_recipe_loads_and_orders_its_jobs():
+    recipe = Recipe.load(REPO_RECIPE)
+    names = [job.name for job in recipe.jobs]
+    for job in recipe.jobs:
+        assert all(names.index(need) < names.index(job.name) for need in job.needs)
+    exports = [job.export for job in recipe.jobs]
+    assert len(set(exports)) == len(exports)
+    assert {f"feds-{a}-mse-{q}" for a in ("teacher", "student") for q in range(1, 7)} <= set(exports)
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (lambda r: r["jobs"].append(dict(r["jobs"][0])), "unique"),
+        (lambda r: r["jobs"][0].update(init="nowhere"), "unknown jobs"),
+        (lambda r: r["jobs"][2].update(init="student-q4"), "circular"),
+        (lambda r: r["jobs"][0].update(threads=3), "threads"),
+    ],
+)
+def test_bad_recipes_are_refused_in_one_line(campaign_dir, change, message):
+    recipe = tiny_recipe(campaign_dir / "images")
+    change(recipe)
+    path = campaign_dir / "bad.json"
+    path.write_text(json.dumps(recipe))
+    result = subprocess.run(
+        [sys.executable, "-m", "compressai_feds.campaign", str(path)], capture_output=True, text=True
+    )
+    assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr
+
+
+def stop_when_checkpointed(process: subprocess.Popen, checkpoint: Path, step: int) -> None:
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and process.poll() is None:
+        try:
+            if torch.load(checkpoint, weights_only=True)["step"] >= step:
+                break
+        except (FileNotFoundError, RuntimeError, EOFError):
+            pass
+        time.sleep(0.1)
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=300) == 0
+
+
+def test_campaign_stops_resumes_and_exports(campaign_dir, monkeypatch):
+    root = campaign_dir
+    process = subprocess.Popen(campaign(root), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    stop_when_checkpointed(process, root / "runs" / "teacher" / "checkpoint.pth.tar", 2)
+    first = state(root, "teacher")
+    assert first["status"] == "stopped" and 2 <= first["step"] < 100
+    assert (root / "zoo" / first["export"]).is_file()
+    assert not (root / "zoo" / "training" / "student").exists()  # waits for its teacher
+
+    # the run folders are still there: resume from them
+    process = subprocess.Popen(campaign(root), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    stop_when_checkpointed(process, root / "runs" / "teacher" / "checkpoint.pth.tar", first["step"] + 2)
+    assert "teacher resumes from its run folder" in process.stdout.read()
+    second = state(root, "teacher")
+    assert first["step"] < second["step"] < 100 and second["wall_seconds"] > first["wall_seconds"]
+
+    # a fresh clone: only the exports and logs in the zoo are left
+    shutil.rmtree(root / "runs")
+    out = run_python(*campaign(root)[1:])
+    assert f"teacher continues from its exported weights at step {second['step']}" in out
+    assert "all jobs finished" in out
+    for job, steps in (("teacher", 100), ("baseline", 4), ("student", 4), ("student-q4", 2)):
+        assert state(root, job)["status"] == "finished" and state(root, job)["step"] == steps
+    records = [json.loads(line) for line in (root / "zoo/training/teacher/metrics.jsonl").open()]
+    logged = [r["step"] for r in records if "val" not in r]
+    assert logged == sorted(logged) and logged[-1] == 100 and len(logged) == len(set(logged))
+    assert sorted(p.name.rsplit("-", 1)[0] for p in (root / "zoo").glob("*.pth.tar")) == [
+        "feds-student-mse-3",
+        "feds-student-mse-4",
+        "feds-teacher-mse-3",
+    ]
+    assert len(list((root / "zoo" / "ablation").glob("feds-student-noteacher-mse-3-*.pth.tar"))) == 1
+
+    # the exports are zoo checkpoints, with hashes that check
+    monkeypatch.setenv("COMPRESSAI_FEDS_ZOO", str(root / "zoo"))
+    from compressai_feds import feds_student, feds_teacher
+
+    student, teacher = feds_student(quality=4, pretrained=True), feds_teacher(quality=3, pretrained=True)
+    assert student.M == 32 and teacher.M == 64
+    x = torch.rand(1, 3, 64, 64)
+    encoded = student.compress(x)
+    assert torch.equal(
+        student.decompress(encoded["strings"], encoded["shape"])["x_hat"],
+        student.synthesize(encoded["y_hat"], encoded["shape"]),
+    )
+    # nothing left to do: a new start exits at once
+    assert "all jobs finished" in run_python(*campaign(root)[1:])
