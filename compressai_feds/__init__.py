@@ -4,6 +4,14 @@ Importing the package also registers ``feds-teacher`` and ``feds-student`` (and
 any other installed ``compressai.models`` plugin) in CompressAI's zoo.
 """
 
+import warnings
+
+with warnings.catch_warnings():
+    # torch_geometric, which compressai imports, calls the deprecated
+    # torch.jit.script at import time: not our users' concern.
+    warnings.filterwarnings("ignore", r"`torch\.jit\.script` is deprecated", FutureWarning)
+    import compressai  # noqa: F401
+
 from .config import Stage, TrainingConfig
 from .models import FEATURE_NAMES, FEDSCodec, FEDSStudent, FEDSTeacher
 from .trainer import DistillationTrainer

@@ -5,6 +5,7 @@
     compressai-feds info FILE...
     compressai-feds train ...       # the FEDS trainer (see compressai_feds.train)
     compressai-feds campaign ...    # the zoo's training campaign (see compressai_feds.campaign)
+    compressai-feds bd-rate ANCHOR.json TEST.json...  # Bjøntegaard deltas of results JSON
     compressai-feds benchmark ...   # teacher vs student, measured in one run
 
 Every failure is one line on stderr (``error: PATH: reason``) and a non-zero
@@ -187,7 +188,7 @@ def build_parser() -> argparse.ArgumentParser:
     inf = commands.add_parser("info", help="describe .feds files")
     inf.add_argument("inputs", nargs="+", type=Path)
     inf.set_defaults(run=info)
-    for name in ("train", "campaign", "benchmark"):
+    for name in ("train", "campaign", "bd-rate", "benchmark"):
         commands.add_parser(name, add_help=False, help=f"see compressai-feds {name} --help")
     return parser
 
@@ -202,6 +203,10 @@ def main(argv: list[str] | None = None) -> int:
         from .campaign import main as campaign
 
         return campaign(argv[1:])
+    if argv[:1] == ["bd-rate"]:
+        from .bdrate import main as bd_rate
+
+        return bd_rate(argv[1:])
     if argv[:1] == ["benchmark"]:
         from .benchmark import main as benchmark
 

@@ -1,0 +1,158 @@
+"""Bjøntegaard deltas between rate-distortion curves, from CompressAI results JSON.
+
+    compressai-feds bd-rate ANCHOR.json TEST.json [TEST2.json ...] [--metric psnr-rgb]
+
+BD-rate is the average rate difference, in percent, between two curves at equal
+quality; BD-PSNR the average quality difference at equal rate (Bjøntegaard,
+"Calculation of average PSNR differences between RD-curves", VCEG-M33, 2001).
+Both curves are interpolated piecewise-cubically and monotonically (PCHIP, as
+in the VCEG/JVET common test conditions' later revisions) and integrated over
+the range where they overlap.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from scipy.interpolate import PchipInterpolator
+
+__all__ = ["Curve", "bd_psnr", "bd_rate", "load_curve"]
+
+MIN_POINTS = 4
+
+
+@dataclass(frozen=True)
+class Curve:
+    """An operational RD curve: ``rate`` (bpp) and ``quality`` (dB, or any
+    metric where higher is better), sorted by rate."""
+
+    name: str
+    rate: tuple[float, ...]
+    quality: tuple[float, ...]
+
+    def __post_init__(self) -> None:
+        if len(self.rate) != len(self.quality):
+            raise ValueError(f"{self.name}: {len(self.rate)} rates but {len(self.quality)} quality values")
+        if len(self.rate) < MIN_POINTS:
+            raise ValueError(f"{self.name}: {len(self.rate)} points; BD needs at least {MIN_POINTS}")
+        values = np.array([self.rate, self.quality], dtype=float)
+        if not np.isfinite(values).all() or min(self.rate) <= 0:
+            raise ValueError(f"{self.name}: rates must be positive and every value finite")
+        if np.any(np.diff(self.rate) <= 0) or np.any(np.diff(self.quality) <= 0):
+            raise ValueError(
+                f"{self.name}: not monotonic (quality must rise strictly with rate): "
+                f"bpp {_fmt(self.rate)}, quality {_fmt(self.quality)}"
+            )
+
+    @classmethod
+    def from_points(cls, name: str, rate: list[float], quality: list[float]) -> Curve:
+        if len(rate) != len(quality):
+            raise ValueError(f"{name}: {len(rate)} rates but {len(quality)} quality values")
+        order = np.argsort(rate)
+        return cls(name, tuple(float(rate[i]) for i in order), tuple(float(quality[i]) for i in order))
+
+    @property
+    def log_rate(self) -> np.ndarray:
+        return np.log10(np.array(self.rate))
+
+
+def _fmt(values: tuple[float, ...]) -> str:
+    return "[" + ", ".join(f"{v:.4g}" for v in values) + "]"
+
+
+def load_curve(path: str | Path, metric: str = "psnr-rgb") -> Curve:
+    """The ``bpp`` / ``metric`` curve of a CompressAI results JSON file
+    (``{"name": ..., "results": {"bpp": [...], "psnr-rgb": [...]}}``)."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: no such file") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{path}: not JSON ({exc})") from None
+    results = data.get("results") if isinstance(data, dict) else None
+    if not isinstance(results, dict) or "bpp" not in results:
+        raise ValueError(f'{path}: not a CompressAI results file (no "results": {{"bpp": [...]}})')
+    if metric not in results:
+        raise ValueError(f"{path}: no {metric!r} values; it has {sorted(k for k in results if k != 'bpp')}")
+    name = data.get("name") or path.stem
+    values = results["bpp"], results[metric]
+    if not all(isinstance(v, list) and all(_is_number(x) for x in v) for v in values):
+        raise ValueError(f"{path}: bpp and {metric} must be lists of numbers")
+    return Curve.from_points(str(name), *values)
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _overlap(a: np.ndarray, b: np.ndarray, what: str, anchor: Curve, test: Curve) -> tuple[float, float]:
+    low, high = max(a.min(), b.min()), min(a.max(), b.max())
+    if low >= high:
+        raise ValueError(
+            f"{test.name} and {anchor.name} do not overlap in {what} "
+            f"({b.min():.4g}..{b.max():.4g} vs {a.min():.4g}..{a.max():.4g})"
+        )
+    return low, high
+
+
+def bd_rate(anchor: Curve, test: Curve) -> float:
+    """Average rate difference of ``test`` against ``anchor`` at equal quality, in
+    percent (negative: ``test`` needs fewer bits)."""
+    low, high = _overlap(np.array(anchor.quality), np.array(test.quality), "quality", anchor, test)
+    integrals = [
+        PchipInterpolator(np.array(curve.quality), curve.log_rate).integrate(low, high) for curve in (anchor, test)
+    ]
+    mean_log_difference = (integrals[1] - integrals[0]) / (high - low)
+    return (10**mean_log_difference - 1) * 100
+
+
+def bd_psnr(anchor: Curve, test: Curve) -> float:
+    """Average quality difference of ``test`` against ``anchor`` at equal rate (dB
+    for PSNR; positive: ``test`` is better)."""
+    low, high = _overlap(anchor.log_rate, test.log_rate, "rate", anchor, test)
+    integrals = [
+        PchipInterpolator(curve.log_rate, np.array(curve.quality)).integrate(low, high) for curve in (anchor, test)
+    ]
+    return (integrals[1] - integrals[0]) / (high - low)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="compressai-feds bd-rate", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("anchor", type=Path, help="results JSON of the reference codec")
+    parser.add_argument("tests", nargs="+", type=Path, help="results JSON of the codecs compared with it")
+    parser.add_argument("--metric", default="psnr-rgb", help="quality metric of the JSON (default: psnr-rgb)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        anchor = load_curve(args.anchor, args.metric)
+        rows = []
+        for path in args.tests:
+            test = load_curve(path, args.metric)
+            rows.append((test.name, bd_rate(anchor, test), bd_psnr(anchor, test)))
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    unit = "dB" if "psnr" in args.metric else ""
+    width = max(len(name) for name, _, _ in rows)
+    print(f"anchor: {anchor.name} ({args.metric})")
+    print(f"{'codec':{width}}  {'BD-rate':>9}  {'BD-' + args.metric:>14}")
+    for name, rate, quality in rows:
+        rate_text = f"{rate:+.2f}%" if math.isfinite(rate) else "n/a"
+        print(f"{name:{width}}  {rate_text:>9}  {quality:>+11.4f} {unit}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
