@@ -227,7 +227,7 @@ class Campaign:
                 link = folder / path.relative_to(source)
                 link.parent.mkdir(parents=True, exist_ok=True)
                 link.symlink_to(path.resolve())
-        return root / "train", root / "val"
+        return (root / "train").resolve(), (root / "val").resolve()
 
     # -- one job -------------------------------------------------------------
 
