@@ -40,7 +40,10 @@ class Curve:
         if len(self.rate) != len(self.quality):
             raise ValueError(f"{self.name}: {len(self.rate)} rates but {len(self.quality)} quality values")
         if len(self.rate) < MIN_POINTS:
-            raise ValueError(f"{self.name}: {len(self.rate)} points; BD needs at least {MIN_POINTS}")
+            count = len(self.rate)
+            raise ValueError(
+                f"{self.name}: {count} point{'s' * (count != 1)}; BD needs at least {MIN_POINTS}"
+            )
         values = np.array([self.rate, self.quality], dtype=float)
         if not np.isfinite(values).all() or min(self.rate) <= 0:
             raise ValueError(f"{self.name}: rates must be positive and every value finite")
@@ -107,7 +110,8 @@ def bd_rate(anchor: Curve, test: Curve) -> float:
     percent (negative: ``test`` needs fewer bits)."""
     low, high = _overlap(np.array(anchor.quality), np.array(test.quality), "quality", anchor, test)
     integrals = [
-        PchipInterpolator(np.array(curve.quality), curve.log_rate).integrate(low, high) for curve in (anchor, test)
+        PchipInterpolator(np.array(curve.quality), curve.log_rate).integrate(low, high)
+        for curve in (anchor, test)
     ]
     mean_log_difference = (integrals[1] - integrals[0]) / (high - low)
     return (10**mean_log_difference - 1) * 100
@@ -118,14 +122,17 @@ def bd_psnr(anchor: Curve, test: Curve) -> float:
     for PSNR; positive: ``test`` is better)."""
     low, high = _overlap(anchor.log_rate, test.log_rate, "rate", anchor, test)
     integrals = [
-        PchipInterpolator(curve.log_rate, np.array(curve.quality)).integrate(low, high) for curve in (anchor, test)
+        PchipInterpolator(curve.log_rate, np.array(curve.quality)).integrate(low, high)
+        for curve in (anchor, test)
     ]
     return (integrals[1] - integrals[0]) / (high - low)
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="compressai-feds bd-rate", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog="compressai-feds bd-rate",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("anchor", type=Path, help="results JSON of the reference codec")
     parser.add_argument("tests", nargs="+", type=Path, help="results JSON of the codecs compared with it")

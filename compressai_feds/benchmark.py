@@ -31,17 +31,12 @@ SAMPLES = Path(__file__).resolve().parent / "samples"
 
 
 def image_paths(inputs: list[str]) -> list[Path]:
-    """Expands files and folders into a list of image files."""
+    """Expands files and folders (default: the shipped samples) into a list of
+    image files; ``FileNotFoundError`` names a missing one."""
     paths: list[Path] = []
     for item in inputs or [str(SAMPLES)]:
         path = Path(item)
-        if path.is_file():
-            paths.append(path)
-            continue
-        try:
-            paths += find_images(path)
-        except FileNotFoundError as exc:
-            raise SystemExit(f"error: {exc}") from None
+        paths += [path] if path.is_file() else find_images(path)
     return paths
 
 
@@ -123,7 +118,10 @@ def main(argv: list[str] | None = None) -> dict:
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    paths = image_paths(args.images)
+    try:
+        paths = image_paths(args.images)
+    except FileNotFoundError as exc:
+        raise SystemExit(f"error: {exc}") from None
     images = [to_tensor(Image.open(p).convert("RGB")).unsqueeze(0) for p in paths]
     sizes = sorted({f"{x.size(3)}x{x.size(2)}" for x in images})
     print(

@@ -133,7 +133,9 @@ class Recipe:
             if unknown:
                 raise ValueError(f"job {job.name} needs unknown jobs {sorted(unknown)}")
             if job.threads > self.threads:
-                raise ValueError(f"job {job.name} wants {job.threads} threads, the campaign has {self.threads}")
+                raise ValueError(
+                    f"job {job.name} wants {job.threads} threads, the campaign has {self.threads}"
+                )
         done: set[str] = set()
         pending = list(self.jobs)
         while pending:
@@ -324,7 +326,9 @@ class Campaign:
                 shutil.copyfile(run_dir / file, logs / file)
         records = []
         if (run_dir / "metrics.jsonl").is_file():
-            records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line]
+            records = [
+                json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line
+            ]
         validations = [r for r in records if "val" in r]
         best = min(validations, key=lambda r: r["val"]["rd_loss"], default=None)
         self._write_state(
@@ -391,7 +395,9 @@ class Campaign:
                     else:
                         self._failed.add(name)
                         self.export(run.job, "failed", now - run.started)
-                        self._say(f"{name} failed (exit status {code}); see {self.run_dir(run.job) / 'train.log'}")
+                        self._say(
+                            f"{name} failed (exit status {code}); see {self.run_dir(run.job) / 'train.log'}"
+                        )
             self._stop_all(running)
         finally:
             for s, handler in previous.items():
@@ -421,7 +427,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--data", help="training photographs (default: the recipe's)")
     parser.add_argument("--runs", type=Path, default=Path("runs/campaign"), help="run folders (outside git)")
     parser.add_argument("--zoo", type=Path, help="export folder (default: the recipe's folder)")
-    parser.add_argument("--threads", type=int, help="CPU threads for all jobs together (default: the recipe's)")
+    parser.add_argument(
+        "--threads", type=int, help="CPU threads for all jobs together (default: the recipe's)"
+    )
     parser.add_argument("--status", action="store_true", help="print each job's progress and exit")
     return parser
 
@@ -440,7 +448,9 @@ def main(argv: list[str] | None = None) -> int:
             for job in recipe.jobs:
                 state = campaign.state(job)
                 hours = state.get("wall_seconds", 0) / 3600
-                print(f"{job.name:24} {state['status']:9} {state['step']:>7}/{job.total_steps} steps  {hours:.2f} h")
+                print(
+                    f"{job.name:24} {state['status']:9} {state['step']:>7}/{job.total_steps} steps  {hours:.2f} h"
+                )
             return 0
         return campaign.run()
     except (ValueError, FileNotFoundError, json.JSONDecodeError, TypeError) as exc:

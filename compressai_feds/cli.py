@@ -6,6 +6,7 @@
     compressai-feds train ...       # the FEDS trainer (see compressai_feds.train)
     compressai-feds campaign ...    # the zoo's training campaign (see compressai_feds.campaign)
     compressai-feds bd-rate ANCHOR.json TEST.json...  # Bjøntegaard deltas of results JSON
+    compressai-feds report IMAGES/ -o report/         # RD/speed of ours and classic codecs, BD table, plot
     compressai-feds benchmark ...   # teacher vs student, measured in one run
 
 Every failure is one line on stderr (``error: PATH: reason``) and a non-zero
@@ -104,7 +105,7 @@ def encode(args: argparse.Namespace) -> int:
     def job(path: Path) -> str:
         image = _open_image(path)
         start = time.perf_counter()
-        data, reconstruction = compress_image(codec, image, args.tile_size)
+        data, reconstruction = compress_image(codec, image, args.tile_size, reconstruct=args.metrics)
         seconds = time.perf_counter() - start
         _write_atomically(outputs[path], lambda tmp: tmp.write_bytes(data))
         line = f"{path} -> {outputs[path]}: {len(data) * 8 / (image.width * image.height):.4f} bpp, {seconds:.2f} s"
@@ -188,7 +189,7 @@ def build_parser() -> argparse.ArgumentParser:
     inf = commands.add_parser("info", help="describe .feds files")
     inf.add_argument("inputs", nargs="+", type=Path)
     inf.set_defaults(run=info)
-    for name in ("train", "campaign", "bd-rate", "benchmark"):
+    for name in ("train", "campaign", "bd-rate", "report", "benchmark"):
         commands.add_parser(name, add_help=False, help=f"see compressai-feds {name} --help")
     return parser
 
@@ -207,6 +208,10 @@ def main(argv: list[str] | None = None) -> int:
         from .bdrate import main as bd_rate
 
         return bd_rate(argv[1:])
+    if argv[:1] == ["report"]:
+        from .report import main as report
+
+        return report(argv[1:])
     if argv[:1] == ["benchmark"]:
         from .benchmark import main as benchmark
 

@@ -146,10 +146,11 @@ def _join_image(rgb: Tensor, mode: str, alpha: bytes | None, palette: bytes | No
 
 @torch.no_grad()
 def compress_image(
-    codec: Codec, image: Image.Image, tile_size: int = DEFAULT_TILE_SIZE
-) -> tuple[bytes, Image.Image]:
+    codec: Codec, image: Image.Image, tile_size: int = DEFAULT_TILE_SIZE, reconstruct: bool = True
+) -> tuple[bytes, Image.Image | None]:
     """Codes an image; returns the file bytes and the decoded image the encoder
-    computed (what :func:`decompress_image` will return)."""
+    computed (what :func:`decompress_image` will return; ``None`` without
+    ``reconstruct``, which saves the synthesis transform)."""
     if tile_size <= 0 or tile_size % 64:
         raise CodecError(f"tile size must be a positive multiple of 64, got {tile_size}")
     rgb, alpha, palette, mode = _split_image(image)
@@ -160,9 +161,10 @@ def compress_image(
         x = rgb[None, :, top : top + h, left : left + w].float() / 255
         enc = codec.net.compress(x)
         streams += [s[0] for s in enc["strings"]]
-        reconstruction[:, top : top + h, left : left + w] = _to_uint8(
-            codec.net.synthesize(enc["y_hat"], (h, w))
-        )
+        if reconstruct:
+            reconstruction[:, top : top + h, left : left + w] = _to_uint8(
+                codec.net.synthesize(enc["y_hat"], (h, w))
+            )
     flags = 0
     if alpha is not None:
         streams.append(zlib.compress(alpha, 9))
@@ -173,7 +175,8 @@ def compress_image(
     header = Header(
         codec.architecture, codec.metric, codec.quality, codec.model_id, width, height, mode, tile_size, flags
     )
-    return pack(header, streams), _join_image(reconstruction, mode, alpha, palette)
+    decoded = _join_image(reconstruction, mode, alpha, palette) if reconstruct else None
+    return pack(header, streams), decoded
 
 
 def check_model(header: Header, codec: Codec) -> None:

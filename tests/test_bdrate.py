@@ -65,7 +65,9 @@ def test_bad_curves_are_refused(bpp, psnr, message):
 
 def run_cli(*args):
     return subprocess.run(
-        [sys.executable, "-m", "compressai_feds.cli", "bd-rate", *map(str, args)], capture_output=True, text=True
+        [sys.executable, "-m", "compressai_feds.cli", "bd-rate", *map(str, args)],
+        capture_output=True,
+        text=True,
     )
 
 

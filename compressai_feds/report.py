@@ -1,0 +1,461 @@
+"""Rate, quality and speed of our codecs and of classic ones, measured on the
+same images in one run, with BD-rates and an RD plot.
+
+    compressai-feds report IMAGES/ -o report/ [-a feds-student feds-teacher] [-q 1,2,3,4,5,6]
+                           [--checkpoint CKPT ...] [--reference DIR] [--untrained]
+
+Every codec really codes every image: ours write ``.feds`` files (rate: the
+file's bytes, container included; quality: the decoded 8-bit image), the
+classic codecs Pillow ships (JPEG 4:2:0 and 4:4:4, WebP, AVIF) write their
+files at a sweep of quality settings. Writes ``results/<codec>.json`` in
+CompressAI's results format, ``rd.png`` (ours solid, measured classics dashed,
+published curves of ``--reference`` dotted) and ``report.md`` (BD-rate table
+against the measured AVIF curve and, when it is there, the published VTM
+curve; speed table).
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import math
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from statistics import mean
+
+import numpy as np
+import torch
+from PIL import Image, features
+from pytorch_msssim import ms_ssim
+from tqdm import tqdm
+
+from .bdrate import Curve, bd_psnr, bd_rate
+from .benchmark import image_paths
+
+__all__ = ["CodecRun", "classic_codecs", "learned_codecs", "measure", "write_report"]
+
+#: Published curves drawn (dotted) and ranked when ``--reference`` holds them.
+PUBLISHED = {
+    "vtm.json": "VTM (published)",
+    "bpg_444_x265_ycbcr.json": "BPG 4:4:4 (published)",
+    "av1.json": "AV1 (published)",
+    "compressai-mbt2018-mean_mse_cpu.json": "mbt2018-mean (published)",
+    "webp.json": "WebP (published)",
+    "jpeg.json": "JPEG (published)",
+}
+DEFAULT_REFERENCE = Path("../shared/reference/rd-kodak")
+MIN_MS_SSIM_SIDE = 161  # five scales of an 11-tap window
+
+
+@dataclass
+class Setting:
+    """One operating point: how to code an image, and the label of the point."""
+
+    label: str
+    encode: Callable[[Image.Image], bytes]
+    decode: Callable[[bytes], Image.Image]
+
+
+@dataclass
+class CodecRun:
+    """A codec's settings and, once measured, one averaged point per setting."""
+
+    name: str
+    kind: str  # "ours" or "classic"
+    settings: list[Setting]
+    points: list[dict[str, float]] = field(default_factory=list)
+
+    def results(self) -> dict:
+        keys = ("bpp", "psnr-rgb", "ms-ssim-rgb", "encoding_time", "decoding_time")
+        results = {k: [p[k] for p in self.points] for k in keys}
+        if any(math.isnan(v) for v in results["ms-ssim-rgb"]):
+            del results["ms-ssim-rgb"]  # images too small for MS-SSIM
+        return {
+            "name": self.name,
+            "description": f"measured by compressai-feds report ({self.kind})",
+            "settings": [s.label for s in self.settings],
+            "results": results,
+        }
+
+    def curve(self) -> Curve:
+        return Curve.from_points(
+            self.name, [p["bpp"] for p in self.points], [p["psnr-rgb"] for p in self.points]
+        )
+
+
+def _pillow_setting(image_format: str, quality: int, **options) -> Setting:
+    def encode(image: Image.Image) -> bytes:
+        buffer = io.BytesIO()
+        image.save(buffer, format=image_format, quality=quality, **options)
+        return buffer.getvalue()
+
+    def decode(data: bytes) -> Image.Image:
+        with Image.open(io.BytesIO(data)) as image:
+            return image.convert("RGB")
+
+    return Setting(f"quality {quality}", encode, decode)
+
+
+def classic_codecs() -> list[CodecRun]:
+    """JPEG (4:2:0 and 4:4:4), WebP and AVIF through Pillow, each at a sweep of
+    quality settings (formats this Pillow lacks are left out)."""
+    sweep = (10, 20, 30, 40, 50, 60, 70, 80, 90, 95)
+    runs = [
+        CodecRun("JPEG 4:2:0", "classic", [_pillow_setting("JPEG", q, subsampling=2) for q in sweep]),
+        CodecRun("JPEG 4:4:4", "classic", [_pillow_setting("JPEG", q, subsampling=0) for q in sweep]),
+    ]
+    if features.check("webp"):
+        runs.append(CodecRun("WebP", "classic", [_pillow_setting("WEBP", q) for q in sweep]))
+    if features.check("avif"):
+        runs.append(CodecRun("AVIF", "classic", [_pillow_setting("AVIF", q) for q in sweep]))
+    return runs
+
+
+def _learned_setting(codec, label: str) -> Setting:
+    from .codec import compress_image, decompress_image
+
+    def encode(image: Image.Image) -> bytes:
+        return compress_image(codec, image, reconstruct=False)[0]
+
+    def decode(data: bytes) -> Image.Image:
+        return decompress_image(codec, data)
+
+    return Setting(label, encode, decode)
+
+
+def learned_codecs(
+    architectures: list[str], qualities: list[int], checkpoints: list[Path], untrained: bool = False
+) -> tuple[list[CodecRun], list[str]]:
+    """Our codecs: each architecture at each quality from the zoo (or untrained
+    weights), and the checkpoints given as one more curve. Returns the runs and
+    one note per quality skipped for want of a checkpoint."""
+    from compressai.zoo import image_models
+
+    from .codec import Codec, CodecError
+
+    runs, notes = [], []
+    for architecture in architectures:
+        if architecture not in image_models:
+            raise ValueError(f"unknown architecture {architecture!r}")
+        settings = []
+        for quality in qualities:
+            if untrained:
+                torch.manual_seed(0)
+                net = image_models[architecture](quality=quality)
+                codec = Codec._ready(net, architecture, "mse", quality)
+            else:
+                try:
+                    codec = Codec.from_zoo(architecture, quality)
+                except CodecError:
+                    notes.append(f"{architecture} quality {quality}: no pretrained checkpoint, skipped")
+                    continue
+            settings.append(_learned_setting(codec, f"quality {quality}"))
+        if settings:
+            suffix = ", untrained" if untrained else ""
+            runs.append(CodecRun(f"{architecture}{suffix}", "ours", settings))
+    if checkpoints:
+        settings = []
+        for path in checkpoints:
+            try:
+                codec = Codec.from_checkpoint(path)
+            except CodecError as exc:
+                raise ValueError(str(exc)) from None
+            settings.append(_learned_setting(codec, path.name))
+        runs.append(CodecRun("checkpoints", "ours", settings))
+    return runs, notes
+
+
+def _quality(original: Image.Image, decoded: Image.Image) -> tuple[float, float]:
+    """PSNR (dB) and MS-SSIM of an 8-bit RGB decoded image."""
+    x = torch.from_numpy(np.asarray(original, dtype=np.float32) / 255).permute(2, 0, 1)[None]
+    y = torch.from_numpy(np.asarray(decoded, dtype=np.float32) / 255).permute(2, 0, 1)[None]
+    mse = torch.mean((x - y) ** 2).item()
+    psnr = 10 * math.log10(1 / mse) if mse > 0 else 100.0
+    if min(original.size) < MIN_MS_SSIM_SIDE:
+        return psnr, math.nan
+    with torch.backends.mkldnn.flags(enabled=False):  # oneDNN is ~5x slower on these small filters
+        return psnr, ms_ssim(x, y, data_range=1.0).item()
+
+
+def measure(runs: list[CodecRun], images: list[Image.Image], progress: bool = True) -> None:
+    """Codes every image with every setting of every run; fills ``run.points``
+    with the means over the images."""
+    total = sum(len(run.settings) for run in runs) * len(images)
+    with tqdm(total=total, unit="code", disable=not progress, desc="report") as bar:
+        for run in runs:
+            run.points = []
+            for setting in run.settings:
+                bar.set_postfix_str(f"{run.name}, {setting.label}")
+                per_image = []
+                for image in images:
+                    start = time.perf_counter()
+                    data = setting.encode(image)
+                    encoding = time.perf_counter() - start
+                    start = time.perf_counter()
+                    decoded = setting.decode(data)
+                    decoding = time.perf_counter() - start
+                    if decoded.size != image.size:
+                        raise RuntimeError(f"{run.name}: decoded size {decoded.size} != {image.size}")
+                    psnr, msssim = _quality(image, decoded.convert("RGB"))
+                    pixels = image.width * image.height
+                    per_image.append((len(data) * 8 / pixels, psnr, msssim, encoding, decoding, pixels))
+                    bar.update(1)
+                columns = list(zip(*per_image, strict=True))
+                run.points.append(
+                    {
+                        "bpp": mean(columns[0]),
+                        "psnr-rgb": mean(columns[1]),
+                        "ms-ssim-rgb": mean(columns[2]),
+                        "encoding_time": mean(columns[3]),
+                        "decoding_time": mean(columns[4]),
+                        "megapixels": mean(columns[5]) / 1e6,
+                    }
+                )
+
+
+def published_curves(reference: Path | None) -> list[tuple[str, Curve]]:
+    """The published curves of :data:`PUBLISHED` found in ``reference``."""
+    if reference is None or not reference.is_dir():
+        return []
+    from .bdrate import load_curve
+
+    return [
+        (label, load_curve(reference / name))
+        for name, label in PUBLISHED.items()
+        if (reference / name).is_file()
+    ]
+
+
+def _bd_cell(anchor: Curve | None, test: Curve) -> str:
+    if anchor is None:
+        return "n/a"
+    try:
+        return f"{bd_rate(anchor, test):+.1f}% ({bd_psnr(anchor, test):+.2f} dB)"
+    except ValueError as exc:
+        reason = str(exc)
+        if "do not overlap" in reason:
+            return "n/a (no overlap)"
+        return "n/a (" + reason.split(": ", 1)[-1].split(" (")[0].split(":")[0] + ")"
+
+
+def _curve_or_reason(run: CodecRun) -> Curve | str:
+    try:
+        return run.curve()
+    except ValueError as exc:
+        return str(exc).split(": ", 1)[-1].split(";")[0].split(" (")[0]
+
+
+#: One colour per codec family, shared by its measured and published curves.
+FAMILY_COLOURS = {
+    "jpeg": "tab:orange",
+    "webp": "tab:purple",
+    "avif": "tab:brown",
+    "av1": "tab:brown",
+    "vtm": "tab:pink",
+    "bpg": "tab:gray",
+    "mbt2018": "tab:cyan",
+}
+OUR_COLOURS = ("tab:blue", "tab:red", "tab:green", "tab:olive")
+
+
+def _colour(name: str, ours: list[str]) -> str:
+    if name in ours:
+        return OUR_COLOURS[ours.index(name) % len(OUR_COLOURS)]
+    key = name.lower().split()[0]
+    return next((colour for family, colour in FAMILY_COLOURS.items() if key.startswith(family)), "black")
+
+
+def plot(runs: list[CodecRun], published: list[tuple[str, Curve]], output: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ours = [run.name for run in runs if run.kind == "ours"]
+    fig, ax = plt.subplots(figsize=(8, 6))
+    for run in runs:
+        bpp = [p["bpp"] for p in run.points]
+        psnr = [p["psnr-rgb"] for p in run.points]
+        order = np.argsort(bpp)
+        if run.kind == "ours":
+            style = {"linestyle": "-", "linewidth": 2.2, "marker": "o"}
+        else:
+            style = {"linestyle": "--", "marker": "."}
+            if run.name.endswith("4:4:4"):
+                style["marker"] = "s"
+        ax.plot(
+            np.array(bpp)[order],
+            np.array(psnr)[order],
+            label=f"{run.name} (measured)",
+            color=_colour(run.name, ours),
+            **style,
+        )
+    for label, curve in published:
+        ax.plot(
+            curve.rate,
+            curve.quality,
+            linestyle=":",
+            marker="x",
+            markersize=4,
+            label=label,
+            color=_colour(label, ours),
+        )
+    measured_bpp = [p["bpp"] for run in runs for p in run.points]
+    if measured_bpp:
+        ax.set_xlim(0, min(max(measured_bpp) * 1.05, 2.0))
+    ax.set(xlabel="bits per pixel", ylabel="PSNR RGB (dB)", title=title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(output, dpi=110)
+    plt.close(fig)
+
+
+def write_report(
+    runs: list[CodecRun],
+    published: list[tuple[str, Curve]],
+    out: Path,
+    images: list[Path],
+    notes: list[str],
+    command: str,
+) -> str:
+    """Writes the results JSON, the plot and ``report.md``; returns the markdown."""
+    results = out / "results"
+    results.mkdir(parents=True, exist_ok=True)
+    for run in runs:
+        slug = run.name.lower().replace(" ", "-").replace(":", "").replace("(", "").replace(")", "")
+        (results / f"{slug}.json").write_text(json.dumps(run.results(), indent=2) + "\n")
+    plot(runs, published, out / "rd.png", f"{len(images)} images from {images[0].parent.name}/")
+
+    curves: list[tuple[str, Curve | str]] = [
+        (run.name + " (measured)", _curve_or_reason(run)) for run in runs
+    ]
+    curves += published
+    anchors = {}
+    avif = next((c for name, c in curves if name == "AVIF (measured)" and isinstance(c, Curve)), None)
+    anchors["AVIF (measured)"] = avif
+    vtm = next((c for name, c in published if name.startswith("VTM")), None)
+    if vtm is not None:
+        anchors["VTM (published)"] = vtm
+    lines = [
+        "# Rate-distortion and speed report",
+        "",
+        f"{len(images)} images ({', '.join(p.name for p in images[:4])}{', ...' if len(images) > 4 else ''}). "
+        "Measured codecs really coded every image; bpp from the file sizes, PSNR (RGB) and MS-SSIM on the "
+        "decoded 8-bit images, averaged over the images. Published curves come from `--reference` and were "
+        "measured elsewhere, on the Kodak set.",
+        "",
+        f"Command: `{command}`",
+        "",
+        "## BD-rate (negative: fewer bits at equal PSNR; in brackets BD-PSNR)",
+        "",
+        "| codec | points | " + " | ".join(f"vs {name}" for name in anchors) + " |",
+        "|---|---|" + "---|" * len(anchors),
+    ]
+    for name, curve in curves:
+        if isinstance(curve, str):
+            lines.append(f"| {name} | | " + " | ".join(f"n/a ({curve})" for _ in anchors) + " |")
+            continue
+        cells = [_bd_cell(anchor, curve) if anchor is not curve else "anchor" for anchor in anchors.values()]
+        lines.append(f"| {name} | {len(curve.rate)} | " + " | ".join(cells) + " |")
+    lines += [
+        "",
+        "## Speed (this machine, mean over all settings and images)",
+        "",
+        "| codec | encode ms/image | decode ms/image | encode Mpixel/s | decode Mpixel/s |",
+        "|---|---|---|---|---|",
+    ]
+    for run in runs:
+        encoding = mean(p["encoding_time"] for p in run.points)
+        decoding = mean(p["decoding_time"] for p in run.points)
+        megapixels = mean(p["megapixels"] for p in run.points)
+        lines.append(
+            f"| {run.name} | {encoding * 1e3:.1f} | {decoding * 1e3:.1f} | "
+            f"{megapixels / encoding:.2f} | {megapixels / decoding:.2f} |"
+        )
+    lines += ["", "## Points", ""]
+    for run in runs:
+        lines.append(
+            f"**{run.name}**: "
+            + "; ".join(
+                f"{s.label}: {p['bpp']:.3f} bpp, {p['psnr-rgb']:.2f} dB"
+                for s, p in zip(run.settings, run.points, strict=True)
+            )
+        )
+        lines.append("")
+    if notes:
+        lines += ["## Notes", ""] + [f"- {note}" for note in notes] + [""]
+    lines += ["![RD plot](rd.png)", ""]
+    text = "\n".join(lines)
+    (out / "report.md").write_text(text)
+    return text
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="compressai-feds report",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "images", nargs="*", help="images or folders (default: the samples shipped in the package)"
+    )
+    parser.add_argument("-o", "--output", type=Path, default=Path("report"), help="output folder")
+    parser.add_argument("-a", "--architectures", nargs="*", default=["feds-student", "feds-teacher"])
+    parser.add_argument("-q", "--qualities", default="1,2,3,4,5,6", help="comma-separated quality levels")
+    parser.add_argument("--checkpoint", nargs="+", type=Path, default=[], help="checkpoints: one more curve")
+    parser.add_argument(
+        "--reference", type=Path, help=f"published curves (default: {DEFAULT_REFERENCE} if it exists)"
+    )
+    parser.add_argument("--no-classic", action="store_true", help="leave out JPEG/WebP/AVIF")
+    parser.add_argument("--untrained", action="store_true", help="untrained weights (speed only)")
+    parser.add_argument("--no-progress", action="store_true")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    args = build_parser().parse_args(argv)
+    try:
+        qualities = sorted({int(q) for q in args.qualities.split(",")})
+        if not set(qualities) <= set(range(1, 7)):
+            raise ValueError(f"qualities must be in 1..6, got {args.qualities}")
+        paths = image_paths(args.images)
+        images = [_load_rgb_image(p) for p in paths]
+        runs, notes = learned_codecs(args.architectures, qualities, args.checkpoint, args.untrained)
+        if not args.no_classic:
+            runs += classic_codecs()
+        if not runs:
+            raise ValueError("nothing to measure: " + "; ".join(notes))
+        reference = args.reference or (DEFAULT_REFERENCE if DEFAULT_REFERENCE.is_dir() else None)
+        if args.reference is not None and not args.reference.is_dir():
+            raise FileNotFoundError(f"reference folder {args.reference} does not exist")
+        published = published_curves(reference)
+    except (ValueError, FileNotFoundError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    for note in notes:
+        print(f"note: {note}", file=sys.stderr)
+    measure(runs, images, progress=not args.no_progress)
+    text = write_report(
+        runs, published, args.output, paths, notes, "compressai-feds report " + " ".join(argv)
+    )
+    print(text.split("## Points")[0].rstrip())
+    print(f"\nwrote {args.output / 'report.md'}, {args.output / 'rd.png'}, {args.output / 'results'}/")
+    return 0
+
+
+def _load_rgb_image(path: Path) -> Image.Image:
+    try:
+        with Image.open(path) as image:
+            return image.convert("RGB")
+    except OSError as exc:
+        raise ValueError(f"{path}: cannot read the image ({exc})") from None
+
+
+if __name__ == "__main__":
+    sys.exit(main())

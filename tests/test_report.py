@@ -1,0 +1,104 @@
+"""compressai-feds report: real coding of every image by ours and the classic
+codecs, CompressAI-format results, the tables and the plot; clean output."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+from helpers import sample_crops, train_briefly
+from PIL import Image
+
+from compressai_feds import FEDSStudent
+from compressai_feds.codec import Codec, compress_image
+from compressai_feds.report import main
+
+TINY = {"N": 16, "M": 32, "groups": (8, 24)}
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("report")
+    images = sample_crops(root / "images", size=192)
+    checkpoints = []
+    for steps in (1, 4):
+        torch.manual_seed(0)
+        net = train_briefly(FEDSStudent(**TINY), steps=steps)
+        path = root / f"student-{steps}.pth.tar"
+        torch.save({"state_dict": net.state_dict(), "architecture": "feds-student"}, path)
+        checkpoints.append(path)
+    return root, images, checkpoints
+
+
+def test_report_codes_every_image_and_writes_results_tables_and_plot(setup, tmp_path):
+    root, images, checkpoints = setup
+    out = tmp_path / "report"
+    command = [
+        sys.executable, "-m", "compressai_feds.cli", "report", str(images), "-o", str(out), "-a",
+        "--checkpoint", *map(str, checkpoints), "--reference", str(root / "images"), "--no-progress",
+    ]  # fmt: skip
+    result = subprocess.run(command, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == ""  # no warnings, no stray logging
+    assert "## BD-rate" in result.stdout and "## Speed" in result.stdout
+
+    ours = json.loads((out / "results" / "checkpoints.json").read_text())
+    assert ours["settings"] == [p.name for p in checkpoints]
+    # the rate is the size of the .feds files, averaged over the images
+    paths = sorted(images.iterdir())
+    for checkpoint, bpp in zip(checkpoints, ours["results"]["bpp"], strict=True):
+        codec = Codec.from_checkpoint(checkpoint)
+        sizes = [len(compress_image(codec, Image.open(p).convert("RGB"))[0]) * 8 / 192**2 for p in paths]
+        assert bpp == pytest.approx(sum(sizes) / len(sizes), rel=1e-12)
+    assert all(0 < v < 1 for v in ours["results"]["ms-ssim-rgb"])
+
+    jpeg = json.loads((out / "results" / "jpeg-420.json").read_text())["results"]
+    assert len(jpeg["bpp"]) == 10 and jpeg["bpp"] == sorted(jpeg["bpp"])
+    assert jpeg["psnr-rgb"] == sorted(jpeg["psnr-rgb"]) and all(t > 0 for t in jpeg["encoding_time"])
+    # 4:4:4 keeps full-resolution colour: more bits than 4:2:0 at the same setting
+    jpeg444 = json.loads((out / "results" / "jpeg-444.json").read_text())["results"]
+    assert all(a > b for a, b in zip(jpeg444["bpp"], jpeg["bpp"], strict=True))
+
+    report = (out / "report.md").read_text()
+    assert "| checkpoints (measured) | | n/a (2 points) |" in report
+    assert "| AVIF (measured) | 10 | anchor |" in report
+    jpeg_row = next(line for line in report.splitlines() if line.startswith("| JPEG 4:2:0 (measured) | 10 |"))
+    assert float(jpeg_row.split("|")[3].split("%")[0]) > 0  # JPEG needs more bits than AVIF
+    assert (out / "rd.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["missing-folder"], "does not exist"),
+        (["IMAGES", "-q", "3,7"], "qualities must be in 1..6"),
+        (["IMAGES", "-a", "no-such-codec"], "unknown architecture"),
+        (["IMAGES", "--reference", "missing-reference"], "reference folder"),
+        (["IMAGES", "-a", "--checkpoint", "missing.pth.tar"], "does not exist"),
+        (["IMAGES", "-a", "--no-classic"], "nothing to measure"),
+    ],
+)
+def test_bad_arguments_are_one_line_errors(setup, tmp_path, capsys, monkeypatch, args, message):
+    root, images, _ = setup
+    monkeypatch.chdir(tmp_path)
+    args = [str(images) if a == "IMAGES" else a for a in args]
+    assert main([*args, "-o", str(tmp_path / "out"), "--no-progress"]) == 1
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "out").exists()
+
+
+def test_encode_and_info_print_only_their_own_lines(setup, tmp_path):
+    _, images, checkpoints = setup
+    image = sorted(images.iterdir())[0]
+    cli = [sys.executable, "-m", "compressai_feds.cli"]
+    encoded = subprocess.run(
+        [*cli, "encode", str(image), "-o", str(tmp_path / "a.feds"), "--checkpoint", str(checkpoints[0])],
+        capture_output=True,
+        text=True,
+    )
+    assert encoded.returncode == 0 and encoded.stderr == ""
+    assert encoded.stdout.startswith(f"{image} -> ") and encoded.stdout.count("\n") == 1
+    info = subprocess.run([*cli, "info", str(tmp_path / "a.feds")], capture_output=True, text=True)
+    assert info.returncode == 0 and info.stderr == "" and info.stdout.count("\n") == 1
