@@ -6,7 +6,7 @@ All integers are big-endian. Strings are ASCII, prefixed by their length (1 byte
 field          bytes     meaning
 =============  ========  ====================================================
 magic          4         ``FEDS``
-version        1         format version, currently 1
+version        1         format version, currently 2 (1: float entropy path, refused)
 architecture   1 + n     e.g. ``feds-student``
 metric         1 + n     ``mse`` or ``ms-ssim``
 mode           1 + n     PIL mode of the original image (``RGB``, ``L``, ...)
@@ -34,7 +34,7 @@ from dataclasses import dataclass
 __all__ = ["FORMAT_VERSION", "MAGIC", "ContainerError", "Header", "describe_model", "pack", "unpack"]
 
 MAGIC = b"FEDS"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 FLAG_ALPHA = 1
 FLAG_PALETTE = 2
 MAX_STREAMS = 1 << 20

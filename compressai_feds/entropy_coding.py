@@ -13,7 +13,8 @@ CompressAI lacks is latent residual prediction (ibid.), added by
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -29,7 +30,29 @@ from compressai.layers import conv3x3, sequential_channel_ramp
 from compressai.models.utils import conv, deconv
 from torch import Tensor
 
-__all__ = ["LatentResidualGaussianLatentCodec", "channel_wise_hyperprior"]
+from .fixed_point import FixedPointNetwork
+
+__all__ = [
+    "BitstreamError",
+    "CheckedHyperLatentCodec",
+    "LatentResidualGaussianLatentCodec",
+    "channel_wise_hyperprior",
+    "fixed_point_networks",
+    "swapped_modules",
+]
+
+
+class BitstreamError(ValueError):
+    """A bitstream that does not decode consistently: corrupted, forged, or
+    decoded with another entropy model than the one that wrote it."""
+
+
+def _check_reencodes(strings: list[bytes], reencoded: list[bytes], what: str) -> None:
+    """A consistent rANS decode re-encodes to the very bytes it was decoded from."""
+    if list(reencoded) != list(strings):
+        raise BitstreamError(
+            f"the {what} bitstream does not decode consistently (corrupted or desynchronised)"
+        )
 
 
 class LatentResidualGaussianLatentCodec(GaussianConditionalLatentCodec):
@@ -54,7 +77,10 @@ class LatentResidualGaussianLatentCodec(GaussianConditionalLatentCodec):
         self.lrp = lrp
 
     def _predict_residual(self, y_hat: Tensor, ctx_params: Tensor) -> Tensor:
-        return y_hat + 0.5 * torch.tanh(self.lrp(torch.cat([ctx_params, y_hat], dim=1)))
+        features = torch.cat([ctx_params, y_hat], dim=1)
+        if isinstance(self.lrp, FixedPointNetwork):  # the exact path: its last layer is 0.5·tanh
+            return y_hat + self.lrp(features)
+        return y_hat + 0.5 * torch.tanh(self.lrp(features))
 
     def forward(self, y: Tensor, ctx_params: Tensor) -> dict[str, Any]:
         out = super().forward(y, ctx_params)
@@ -70,12 +96,32 @@ class LatentResidualGaussianLatentCodec(GaussianConditionalLatentCodec):
     def decompress(
         self, strings: list[list[bytes]], shape: tuple[int, int, int], ctx_params: Tensor, **kwargs
     ) -> dict[str, Any]:
-        out = super().decompress(strings, tuple(shape[1:]), ctx_params, **kwargs)
-        out["y_hat"] = self._predict_residual(out["y_hat"], ctx_params)
-        return out
+        """Decodes a slice and checks that its symbols re-encode to the same
+        bytes (else :class:`BitstreamError`)."""
+        (y_strings,) = strings
+        scales, means = self._chunk(self.entropy_parameters(ctx_params))
+        indexes = self.gaussian_conditional.build_indexes(scales)
+        y_hat = self.gaussian_conditional.decompress(y_strings, indexes, means=means)
+        if y_hat.shape[1:] != tuple(shape):
+            raise BitstreamError(
+                f"a latent slice decoded to shape {tuple(y_hat.shape[1:])}, not {tuple(shape)}"
+            )
+        _check_reencodes(y_strings, self.gaussian_conditional.compress(y_hat, indexes, means), "latent")
+        return {"y_hat": self._predict_residual(y_hat, ctx_params)}
 
 
-def _hyper_latent_codec(M: int, N: int) -> HyperLatentCodec:
+class CheckedHyperLatentCodec(HyperLatentCodec):
+    """CompressAI's hyper-latent codec, whose decoder also checks that the
+    hyper-latent re-encodes to the bytes it was decoded from."""
+
+    def decompress(self, strings: list[list[bytes]], shape: tuple[int, int], **kwargs) -> dict[str, Any]:
+        (z_strings,) = strings
+        z_hat = self.entropy_bottleneck.decompress(z_strings, shape)
+        _check_reencodes(z_strings, self.entropy_bottleneck.compress(z_hat), "hyper-latent")
+        return {"params": self.h_s(z_hat)}
+
+
+def _hyper_latent_codec(M: int, N: int) -> CheckedHyperLatentCodec:
     """Hyperprior branch (Ballé et al. 2018; Minnen et al. 2018): ``z`` has ``N``
     channels at 1/4 of the latent resolution; ``h_s`` returns ``2N`` side
     parameters for the slices' mean and scale networks."""
@@ -93,7 +139,7 @@ def _hyper_latent_codec(M: int, N: int) -> HyperLatentCodec:
         nn.GELU(),
         conv(N * 3 // 2, N * 2, kernel_size=3, stride=1),
     )
-    return HyperLatentCodec(EntropyBottleneck(N), h_a, h_s, quantizer="ste")
+    return CheckedHyperLatentCodec(EntropyBottleneck(N), h_a, h_s, quantizer="ste")
 
 
 def _channel_context(in_ch: int, hidden: int, out_ch: int) -> nn.Module:
@@ -144,3 +190,33 @@ def channel_wise_hyperprior(M: int, N: int, groups: Sequence[int]) -> Hyperprior
             "hyper": _hyper_latent_codec(M, N),
         }
     )
+
+
+def fixed_point_networks(codec: HyperpriorLatentCodec) -> list[tuple[nn.Module, str, FixedPointNetwork]]:
+    """``(parent, attribute, fixed-point twin)`` for every network between the
+    decoded symbols and the CDF indexes and means: hyper-synthesis, channel
+    context, entropy parameters and latent residual prediction of each slice."""
+    hyper, groups = codec.latent_codec["hyper"], codec.latent_codec["y"]
+    networks = [(hyper, "h_s", FixedPointNetwork(hyper.h_s))]
+    networks += [
+        (groups.channel_context, k, FixedPointNetwork(net)) for k, net in groups.channel_context.items()
+    ]
+    for slice_codec in groups.latent_codec.values():
+        networks.append(
+            (slice_codec, "entropy_parameters", FixedPointNetwork(slice_codec.entropy_parameters))
+        )
+        networks.append((slice_codec, "lrp", FixedPointNetwork(slice_codec.lrp, half_tanh=True)))
+    return networks
+
+
+@contextmanager
+def swapped_modules(replacements: list[tuple[nn.Module, str, nn.Module]]) -> Iterator[None]:
+    """Puts each module in its parent's attribute for the duration of the block."""
+    originals = [(parent, name, getattr(parent, name)) for parent, name, _ in replacements]
+    try:
+        for parent, name, module in replacements:
+            setattr(parent, name, module)
+        yield
+    finally:
+        for parent, name, module in originals:
+            setattr(parent, name, module)

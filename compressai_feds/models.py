@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import inspect
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -23,7 +24,7 @@ from compressai.ops import compute_padding
 from compressai.registry import register_model
 from torch import Tensor
 
-from .entropy_coding import channel_wise_hyperprior
+from .entropy_coding import BitstreamError, channel_wise_hyperprior, fixed_point_networks, swapped_modules
 from .layers import SwinV2AttentionBlock
 
 __all__ = ["FEDSCodec", "FEDSTeacher", "FEDSStudent", "FEATURE_NAMES"]
@@ -100,6 +101,13 @@ class FEDSCodec(SimpleVAECompressionModel):
     The entropy model always runs in fp32, also under autocast, so that the
     likelihoods and the rate are never computed in reduced precision.
 
+    :meth:`compress` and :meth:`decompress` evaluate the networks that choose
+    each symbol's CDF and mean in fixed point (:mod:`compressai_feds.fixed_point`),
+    derived from the weights on construction, :meth:`load_state_dict` and
+    :meth:`update`: the decoded latent is then bit-identical on every machine.
+    ``exact_entropy_path = False`` restores CompressAI's float evaluation
+    (for comparison only: its files decode reliably only where they were written).
+
     Args:
         N: Channels of the transforms and of the hyper-latent.
         M: Channels of the latent ``y``.
@@ -141,6 +149,29 @@ class FEDSCodec(SimpleVAECompressionModel):
             nn.Sequential(subpel_conv3x3(N, 3, 2)),
         )
         self.latent_codec = channel_wise_hyperprior(M, N, groups)
+        self.exact_entropy_path = True
+        self._build_fixed_point()
+
+    def _build_fixed_point(self) -> None:
+        self._fixed_point = fixed_point_networks(self.latent_codec)
+
+    def update(self, *args: Any, **kwargs: Any) -> bool:
+        """Builds the CDF tables (CompressAI) and the fixed-point entropy path."""
+        updated = super().update(*args, **kwargs)
+        self._build_fixed_point()
+        return updated
+
+    def load_state_dict(self, state_dict: Mapping[str, Any], *args: Any, **kwargs: Any) -> Any:
+        result = super().load_state_dict(state_dict, *args, **kwargs)
+        self._build_fixed_point()
+        return result
+
+    @contextmanager
+    def _entropy_path(self, device: torch.device) -> Iterator[None]:
+        """The fixed-point networks in place of the float ones, for coding."""
+        fixed_point = self._fixed_point if self.exact_entropy_path else []
+        with swapped_modules([(parent, name, net.to(device)) for parent, name, net in fixed_point]):
+            yield
 
     def forward(self, x: Tensor, return_features: bool = False) -> dict[str, Any]:
         """Training/evaluation pass with noise or straight-through quantization.
@@ -189,12 +220,15 @@ class FEDSCodec(SimpleVAECompressionModel):
         image_size = (x.size(2), x.size(3))
         pad, _ = compute_padding(*image_size, min_div=PAD_MULTIPLE)
         y = self.g_a(F.pad(x, pad))
-        out = self.latent_codec.compress(y.float())
+        with self._entropy_path(x.device):
+            out = self.latent_codec.compress(y.float())
         return {"strings": out["strings"], "shape": image_size, "y_hat": out["y_hat"]}
 
     @torch.no_grad()
     def decompress(self, strings: list[list[bytes]], shape: Sequence[int], **kwargs) -> dict[str, Any]:
-        """Decodes the output of :meth:`compress` into ``{"x_hat": image}``."""
+        """Decodes the output of :meth:`compress` into ``{"x_hat": image}``;
+        ``"y_hat"`` is the decoded latent. A bitstream that does not decode
+        consistently raises :class:`~.entropy_coding.BitstreamError`."""
         if len(strings) != len(self.groups) + 1:
             raise ValueError(
                 f"expected {len(self.groups) + 1} bitstreams (one per latent slice and "
@@ -207,8 +241,13 @@ class FEDSCodec(SimpleVAECompressionModel):
             "y": [(channels, *y_size) for channels in self.groups],
             "hyper": (y_size[0] // 4, y_size[1] // 4),
         }
-        y_hat = self.latent_codec.decompress(strings, latent_shape)["y_hat"]
-        return {"x_hat": self.synthesize(y_hat, (height, width))}
+        device = next(self.parameters()).device
+        with self._entropy_path(device):
+            y_hat = self.latent_codec.decompress(strings, latent_shape)["y_hat"]
+        x_hat = self.synthesize(y_hat, (height, width))
+        if not torch.isfinite(x_hat).all():
+            raise BitstreamError("the decoded image is not finite: the bitstream is inconsistent")
+        return {"x_hat": x_hat, "y_hat": y_hat}
 
     def synthesize(self, y_hat: Tensor, image_size: Sequence[int]) -> Tensor:
         """Decodes a quantized latent into an image of ``image_size``, clamped to [0, 1]."""

@@ -133,8 +133,8 @@ def test_file_from_another_model_is_refused_naming_both(codec, tmp_path):
 
 def test_newer_format_version_is_refused(codec):
     data = bytearray(compress_image(codec, photo(8, 8))[0])
-    data[4] = 2
-    with pytest.raises(ContainerError, match="version 2 is not supported"):
+    data[4] = 3
+    with pytest.raises(ContainerError, match="version 3 is not supported"):
         unpack(bytes(data))
 
 

@@ -65,20 +65,19 @@ def test_decoding_is_exact_at_each_thread_count(student, threads):
 
 
 def test_decoding_with_another_thread_count_stays_in_sync(teacher):
-    """Float kernels round differently with other thread counts, so the image
-    may differ in the last bits; the decoded symbols must not."""
+    """Float kernels round differently with other thread counts; the fixed-point
+    entropy path makes the decoded latent identical all the same (more in
+    test_exact.py, with trained weights)."""
     saved = torch.get_num_threads()
     x = torch.rand(1, 3, 128, 192)
     try:
         torch.set_num_threads(1)
         enc = teacher.compress(x)
         torch.set_num_threads(2)
-        shape = {"y": [(c, 8, 12) for c in teacher.groups], "hyper": (2, 3)}
-        with torch.no_grad():
-            y_hat = teacher.latent_codec.decompress(enc["strings"], shape)["y_hat"]
+        y_hat = teacher.decompress(enc["strings"], enc["shape"])["y_hat"]
     finally:
         torch.set_num_threads(saved)
-    assert (y_hat - enc["y_hat"]).abs().max() < 1e-4
+    assert torch.equal(y_hat, enc["y_hat"])
 
 
 def test_batch_compression_round_trips(student):

@@ -1,0 +1,225 @@
+"""Same bits on every machine: the fixed-point entropy path decodes the same
+latent whatever the threads, kernels, memory layout or float rounding, and a
+stream that does not decode consistently is refused."""
+
+import copy
+from contextlib import contextmanager
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from compressai.models.utils import conv, deconv
+from helpers import SAMPLES
+from PIL import Image
+from torchvision.transforms.functional import to_tensor
+
+from compressai_feds import feds_student, feds_teacher
+from compressai_feds.entropy_coding import BitstreamError
+from compressai_feds.fixed_point import GRID, FixedPointConv, FixedPointNetwork, FixedPointTable, to_grid
+from compressai_feds.zoo import checkpoint_dir
+
+
+@contextmanager
+def threads(count: int):
+    previous = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+@contextmanager
+def perturbed_float_convolutions(relative: float, seed: int = 0):
+    """Every float32 convolution's output multiplied by ``1 ± relative`` (random
+    signs): the size of the rounding differences between thread counts."""
+    generator = torch.Generator().manual_seed(seed)
+    originals = {name: getattr(F, name) for name in ("conv2d", "conv_transpose2d")}
+
+    def wrap(function):
+        def perturbed(*args, **kwargs):
+            out = function(*args, **kwargs)
+            if out.dtype != torch.float32:
+                return out
+            signs = torch.randint(0, 2, out.shape, generator=generator).float() * 2 - 1
+            return out * (1 + relative * signs)
+
+        return perturbed
+
+    try:
+        for name, function in originals.items():
+            setattr(F, name, wrap(function))
+        yield
+    finally:
+        for name, function in originals.items():
+            setattr(F, name, function)
+
+
+# -- the fixed-point layers --------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "layer, size",
+    [
+        (conv(24, 40, kernel_size=3, stride=1), (9, 13)),
+        (conv(24, 40, kernel_size=5, stride=2), (9, 13)),
+        (nn.Conv2d(24, 40, 1), (9, 13)),
+        (deconv(24, 40, kernel_size=5, stride=2), (5, 7)),
+    ],
+)
+def test_fixed_point_convolution_is_exact_and_close_to_float(layer, size):
+    torch.manual_seed(0)
+    fixed = FixedPointConv(layer)
+    x = torch.randn(2, 24, *size) * 4
+    a = to_grid(x)
+    with threads(1):
+        out = fixed(a)
+    with threads(2):
+        assert torch.equal(fixed(a.contiguous(memory_format=torch.channels_last)), out)
+    # against float64 convolution of the same integers (exact below 2**53), rounded the same way
+    weight = fixed.matrix
+    if fixed.transposed:
+        weight = weight.view(40, *layer.kernel_size, 24).permute(3, 0, 1, 2)
+        reference = F.conv_transpose2d(
+            a, weight, stride=layer.stride, padding=layer.padding, output_padding=layer.output_padding
+        )
+    else:
+        weight = weight.view(40, 24, *layer.kernel_size)
+        reference = F.conv2d(a, weight, stride=layer.stride, padding=layer.padding)
+    assert torch.equal(torch.round((reference + fixed.bias) * fixed.rescale), out)
+    assert out.shape == layer(x).shape
+    float_out = copy.deepcopy(layer).double()(x.double()) * GRID
+    assert (out - float_out).abs().max() < 0.01 * float_out.abs().max()  # weights rounded to 16 bits
+
+
+def test_tables_meet_their_limits_at_the_ends():
+    gelu, half_tanh = FixedPointTable("gelu"), FixedPointTable("half_tanh")
+    a = torch.arange(-12 * GRID, 12 * GRID + 1, dtype=torch.float64)
+    g, t = gelu(a), half_tanh(a)
+    x = a / GRID
+    assert (g / GRID - F.gelu(x)).abs().max() <= 0.5 / GRID + 1e-12
+    assert (t / GRID - 0.5 * torch.tanh(x)).abs().max() <= 0.5 / GRID + 1e-12
+    assert torch.equal(g[a > 8 * GRID], a[a > 8 * GRID]) and not g[a < -8 * GRID].any()
+    assert (t[a > 8 * GRID] == GRID / 2).all() and (t[a < -8 * GRID] == -GRID / 2).all()
+    assert (torch.diff(g[a >= 0]) >= 0).all() and (torch.diff(t) >= 0).all()
+
+
+def test_networks_too_wide_for_exact_sums_are_refused():
+    with pytest.raises(ValueError, match="beyond exact float64"):
+        FixedPointConv(nn.Conv2d(32768, 1, 3))
+    with pytest.raises(TypeError, match="no fixed-point form"):
+        FixedPointNetwork(nn.Sequential(nn.Conv2d(4, 4, 1), nn.ReLU()))
+
+
+# -- the codecs, with trained weights ----------------------------------------
+
+
+def trained_codecs():
+    """The shipped checkpoints (behaviour depends on trained weights)."""
+    codecs = []
+    for factory in (feds_student, feds_teacher):
+        try:
+            codecs.append(factory(quality=3, pretrained=True).eval())
+        except FileNotFoundError:
+            pass
+    ablation = sorted((checkpoint_dir() / "ablation").glob("feds-student-noteacher-mse-3-*.pth.tar"))
+    if not codecs and ablation:
+        from compressai_feds.zoo import load_codec
+
+        net = load_codec(ablation[0], "feds-student").eval()
+        net.update()
+        codecs.append(net)
+    if not codecs:
+        pytest.skip("no trained quality-3 checkpoint in the zoo")
+    return codecs
+
+
+@pytest.fixture(scope="module")
+def codecs():
+    return trained_codecs()
+
+
+@pytest.fixture(scope="module")
+def images():
+    return [
+        to_tensor(Image.open(p).convert("RGB"))[None, :, :256, :384] for p in sorted(SAMPLES.glob("*.png"))
+    ]
+
+
+def decode(net, encoded):
+    return net.decompress(encoded["strings"], encoded["shape"])
+
+
+def assert_same_latent(net, encoded, decoded):
+    assert torch.equal(decoded["y_hat"], encoded["y_hat"])
+    reference = net.synthesize(encoded["y_hat"], encoded["shape"])
+    assert ((decoded["x_hat"] - reference).abs() * 255).max() <= 1
+
+
+@pytest.mark.parametrize("encode_threads, decode_threads", [(1, 2), (2, 1)])
+def test_other_thread_count_decodes_the_same_latent(codecs, images, encode_threads, decode_threads):
+    for net in codecs:
+        for x in images:
+            with threads(encode_threads):
+                encoded = net.compress(x)
+            with threads(decode_threads):
+                assert_same_latent(net, encoded, decode(net, encoded))
+
+
+def test_without_onednn_or_in_channels_last_decodes_the_same_latent(codecs, images):
+    for net in codecs:
+        for x in images:
+            encoded = net.compress(x)
+            with torch.backends.mkldnn.flags(enabled=False):
+                assert_same_latent(net, encoded, decode(net, encoded))
+            other = copy.deepcopy(net).to(memory_format=torch.channels_last)
+            assert_same_latent(net, encoded, decode(other, encoded))
+
+
+def test_perturbed_float_convolutions_decode_the_same_latent(codecs, images):
+    for net in codecs:
+        for x in images:
+            encoded = net.compress(x)
+            with perturbed_float_convolutions(1e-6):
+                assert_same_latent(net, encoded, decode(net, encoded))
+
+
+def test_negative_control_the_float_path_desynchronises(codecs, images):
+    """CompressAI's float evaluation, under the same perturbation, decodes other
+    symbols on at least one image: the tests above can fail."""
+    failures = 0
+    for net in codecs:
+        net.exact_entropy_path = False
+        try:
+            for x in images:
+                encoded = net.compress(x)
+                with perturbed_float_convolutions(1e-6):
+                    try:
+                        failures += not torch.equal(decode(net, encoded)["y_hat"], encoded["y_hat"])
+                    except BitstreamError:
+                        failures += 1
+        finally:
+            net.exact_entropy_path = True
+    assert failures > 0
+
+
+def test_a_forged_stream_is_refused_not_decoded_to_garbage(codecs, images):
+    net = codecs[0]
+    encoded = net.compress(images[0])
+    strings = [list(s) for s in encoded["strings"]]
+    longest = max(range(len(strings)), key=lambda k: len(strings[k][0]))
+    forged = bytearray(strings[longest][0])
+    for i in range(0, len(forged), 7):
+        forged[i] ^= 0x5A
+    strings[longest][0] = bytes(forged)
+    with pytest.raises(BitstreamError, match="does not decode consistently"):
+        net.decompress(strings, encoded["shape"])
+
+
+def test_old_format_version_is_refused_naming_both():
+    from compressai_feds.container import FORMAT_VERSION, ContainerError, unpack
+
+    data = bytearray(b"FEDS" + bytes([1]) + bytes(40))
+    with pytest.raises(ContainerError, match=f"version 1 is not supported .*version {FORMAT_VERSION}"):
+        unpack(bytes(data))
