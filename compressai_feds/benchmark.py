@@ -80,27 +80,36 @@ def measure_coding(net: FEDSCodec, images: list[torch.Tensor], name: str) -> dic
 
 
 def training_step_seconds(
-    net: FEDSCodec, lmbda: float, fast: bool, batch: int = 8, size: int = 256, steps: int = 3
+    net: FEDSCodec,
+    lmbda: float,
+    fast: bool,
+    batch: int = 8,
+    size: int = 256,
+    steps: int = 3,
+    compiled: bool = False,
 ) -> float:
     """Mean seconds of one training step on random crops: ``fast`` is bf16
-    autocast with channels_last, else plain fp32."""
+    autocast with channels_last, else plain fp32; ``compiled`` runs the forward
+    pass through ``torch.compile`` (compilation is left out of the time)."""
     memory_format = torch.channels_last if fast else torch.contiguous_format
     net = net.train().to(memory_format=memory_format)
+    forward = torch.compile(net) if compiled else net
     optimizer = torch.optim.Adam(net.parameters(), lr=1e-5)
     criterion = RateDistortionLoss(lmbda=lmbda)
     x = torch.rand(batch, 3, size, size).contiguous(memory_format=memory_format)
+    warm_up = 2 if compiled else 1
     times = []
-    for _ in range(steps + 1):  # the first step warms up
+    for _ in range(steps + warm_up):
         start = time.perf_counter()
         with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=fast):
-            out = net(x)
+            out = forward(x)
         loss = criterion(out, x)["loss"]
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
         times.append(time.perf_counter() - start)
     net.eval().to(memory_format=torch.contiguous_format)
-    return sum(times[1:]) / steps
+    return sum(times[warm_up:]) / steps
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -113,6 +122,12 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument(
         "--train-step", action="store_true", help="also time a training step, bf16 + channels_last and fp32"
     )
+    parser.add_argument(
+        "--compile",
+        action="store_true",
+        help="also time the bf16 training step with torch.compile (batch 8 of --crop-size crops)",
+    )
+    parser.add_argument("--crop-size", type=int, default=256, help="crop side of the timed training steps")
     parser.add_argument("--json", type=Path, help="also write the results to this JSON file")
     args = parser.parse_args(argv)
     if args.threads:
@@ -134,10 +149,15 @@ def main(argv: list[str] | None = None) -> dict:
         net, pretrained = load_codec(factory, args.quality)
         row = {"pretrained": pretrained, "parameters": sum(p.numel() for p in net.parameters())}
         row.update(measure_coding(net, images, name))
+        lmbda = LAMBDAS["mse"][args.quality]
         if args.train_step:
-            lmbda = LAMBDAS["mse"][args.quality]
-            row["train_step_s"] = training_step_seconds(net, lmbda, fast=True)
-            row["train_step_fp32_s"] = training_step_seconds(net, lmbda, fast=False)
+            row["train_step_s"] = training_step_seconds(net, lmbda, fast=True, size=args.crop_size)
+            row["train_step_fp32_s"] = training_step_seconds(net, lmbda, fast=False, size=args.crop_size)
+        if args.compile:
+            row["train_step_eager_s"] = training_step_seconds(net, lmbda, fast=True, size=args.crop_size)
+            row["train_step_compiled_s"] = training_step_seconds(
+                net, lmbda, fast=True, size=args.crop_size, compiled=True
+            )
         results[name] = row
 
     teacher, student = results["teacher"], results["student"]
@@ -169,6 +189,15 @@ def main(argv: list[str] | None = None) -> dict:
         print(
             "bf16 + channels_last vs fp32: "
             + ", ".join(f"{k} {v:.2f}x" for k, v in ratios.items() if "speed-up" in k)
+        )
+    if args.compile:
+        print(
+            "torch.compile vs eager, bf16 training step: "
+            + ", ".join(
+                f"{name} {row['train_step_eager_s']:.3f} -> {row['train_step_compiled_s']:.3f} s "
+                f"({row['train_step_eager_s'] / row['train_step_compiled_s']:.2f}x)"
+                for name, row in results.items()
+            )
         )
     if not (teacher["pretrained"] and student["pretrained"]):
         print(

@@ -44,6 +44,7 @@ from typing import Any
 
 from .config import Stage, TrainingConfig
 from .data import find_images
+from .trainer import plot_metrics
 
 __all__ = ["Campaign", "Job", "Recipe", "split_validation"]
 
@@ -321,9 +322,11 @@ class Campaign:
             new.replace(folder / new.name)
         logs = self.log_dir(job)
         logs.mkdir(parents=True, exist_ok=True)
-        for file in ("config.json", "metrics.jsonl", "training.png"):
+        for file in ("config.json", "metrics.jsonl"):
             if (run_dir / file).is_file():
                 shutil.copyfile(run_dir / file, logs / file)
+        if (logs / "metrics.jsonl").is_file():
+            plot_metrics(logs / "metrics.jsonl", logs / "training.png")
         records = []
         if (run_dir / "metrics.jsonl").is_file():
             records = [

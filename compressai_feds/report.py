@@ -177,8 +177,12 @@ def _quality(original: Image.Image, decoded: Image.Image) -> tuple[float, float]
     psnr = 10 * math.log10(1 / mse) if mse > 0 else 100.0
     if min(original.size) < MIN_MS_SSIM_SIDE:
         return psnr, math.nan
-    with torch.backends.mkldnn.flags(enabled=False):  # oneDNN is ~5x slower on these small filters
+    onednn = torch.backends.mkldnn.enabled
+    torch.backends.mkldnn.enabled = False  # oneDNN is ~5x slower on these small filters
+    try:
         return psnr, ms_ssim(x, y, data_range=1.0).item()
+    finally:
+        torch.backends.mkldnn.enabled = onednn
 
 
 def measure(runs: list[CodecRun], images: list[Image.Image], progress: bool = True) -> None:

@@ -171,8 +171,11 @@ def test_without_onednn_or_in_channels_last_decodes_the_same_latent(codecs, imag
     for net in codecs:
         for x in images:
             encoded = net.compress(x)
-            with torch.backends.mkldnn.flags(enabled=False):
+            torch.backends.mkldnn.enabled = False
+            try:
                 assert_same_latent(net, encoded, decode(net, encoded))
+            finally:
+                torch.backends.mkldnn.enabled = True
             other = copy.deepcopy(net).to(memory_format=torch.channels_last)
             assert_same_latent(net, encoded, decode(other, encoded))
 
