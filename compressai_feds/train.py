@@ -134,7 +134,11 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    result = trainer.train()
+    try:
+        result = trainer.train()
+    except FloatingPointError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 3
     if trainer.is_main:
         print(json.dumps(result))
     return 0

@@ -338,6 +338,11 @@ class DistillationTrainer:
             optimizer.zero_grad(set_to_none=True)
         with autocast:
             losses = self.model(x, teacher_out, teacher_bits, stage.feature_weight, stage.channel_weight)
+        if not torch.isfinite(losses["loss"]):
+            raise FloatingPointError(
+                f"the loss is {losses['loss'].item()} at step {self.step + 1}: training diverged "
+                f"(the checkpoints written before are kept; lower the learning rate)"
+            )
         (losses["loss"] + losses["aux_loss"]).backward()
         if config.clip_max_norm > 0:
             net_params = [p for group in self.optimizers["net"].param_groups for p in group["params"]]

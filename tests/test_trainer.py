@@ -196,3 +196,19 @@ def test_two_process_ddp_matches_one_process(data, tmp_path):
 
 def max_difference(a: dict, b: dict) -> float:
     return max((a[k] - b[k]).abs().max().item() for k in a if a[k].is_floating_point() and a[k].numel())
+
+
+def test_divergence_stops_the_run_before_it_checkpoints_garbage(data, tmp_path):
+    config = tiny_config(data, teacher=None, checkpoint_every=1)
+    trainer = DistillationTrainer(config, tmp_path, progress=False)
+    trainer.train()  # six good steps, checkpointed
+    good = final_student(tmp_path)
+    trainer = DistillationTrainer(
+        replace(config, stages=[Stage("rd", 20, 1e-4, 0.0, 0.0)]), tmp_path / "bad", progress=False
+    )
+    trainer.student.load_state_dict(good)
+    with torch.no_grad():  # what a too-high learning rate ends in
+        trainer.student.g_a[0][0].weight.fill_(float("nan"))
+    with pytest.raises(FloatingPointError, match="training diverged"):
+        trainer.train()
+    assert not (tmp_path / "bad" / "checkpoint.pth.tar").exists()
