@@ -128,6 +128,11 @@ def main(argv: list[str] | None = None) -> dict:
         help="also time the bf16 training step with torch.compile (batch 8 of --crop-size crops)",
     )
     parser.add_argument("--crop-size", type=int, default=256, help="crop side of the timed training steps")
+    parser.add_argument(
+        "--entropy-path",
+        action="store_true",
+        help="also code with CompressAI's float entropy path: rate, PSNR and time of the exact one against it",
+    )
     parser.add_argument("--json", type=Path, help="also write the results to this JSON file")
     args = parser.parse_args(argv)
     if args.threads:
@@ -149,6 +154,10 @@ def main(argv: list[str] | None = None) -> dict:
         net, pretrained = load_codec(factory, args.quality)
         row = {"pretrained": pretrained, "parameters": sum(p.numel() for p in net.parameters())}
         row.update(measure_coding(net, images, name))
+        if args.entropy_path:
+            net.exact_entropy_path = False
+            row["float_path"] = measure_coding(net, images, f"{name} (float path)")
+            net.exact_entropy_path = True
         lmbda = LAMBDAS["mse"][args.quality]
         if args.train_step:
             row["train_step_s"] = training_step_seconds(net, lmbda, fast=True, size=args.crop_size)
@@ -189,6 +198,17 @@ def main(argv: list[str] | None = None) -> dict:
         print(
             "bf16 + channels_last vs fp32: "
             + ", ".join(f"{k} {v:.2f}x" for k, v in ratios.items() if "speed-up" in k)
+        )
+    if args.entropy_path:
+        print(
+            "exact vs float entropy path: "
+            + "; ".join(
+                f"{name} bpp {row['bpp'] / row['float_path']['bpp'] - 1:+.2%}, "
+                f"PSNR {row['psnr'] - row['float_path']['psnr']:+.3f} dB, "
+                f"encode {row['encode_s'] / row['float_path']['encode_s'] - 1:+.1%}, "
+                f"decode {row['decode_s'] / row['float_path']['decode_s'] - 1:+.1%}"
+                for name, row in results.items()
+            )
         )
     if args.compile:
         print(
