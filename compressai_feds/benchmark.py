@@ -25,7 +25,7 @@ from tqdm import tqdm
 
 from .data import find_images
 from .models import FEDSCodec
-from .zoo import LAMBDAS, feds_student, feds_teacher
+from .zoo import LAMBDAS, feds_student, feds_teacher, half_precision
 
 SAMPLES = Path(__file__).resolve().parent / "samples"
 
@@ -133,6 +133,11 @@ def main(argv: list[str] | None = None) -> dict:
         action="store_true",
         help="also code with CompressAI's float entropy path: rate, PSNR and time of the exact one against it",
     )
+    parser.add_argument(
+        "--fp16",
+        action="store_true",
+        help="also code with the weights rounded to float16 (zoo storage): rate and PSNR against float32",
+    )
     parser.add_argument("--json", type=Path, help="also write the results to this JSON file")
     args = parser.parse_args(argv)
     if args.threads:
@@ -154,6 +159,9 @@ def main(argv: list[str] | None = None) -> dict:
         net, pretrained = load_codec(factory, args.quality)
         row = {"pretrained": pretrained, "parameters": sum(p.numel() for p in net.parameters())}
         row.update(measure_coding(net, images, name))
+        if args.fp16:
+            rounded = type(net).from_state_dict(half_precision(net.state_dict())).eval()
+            row["fp16"] = measure_coding(rounded, images, f"{name} (fp16 weights)")
         if args.entropy_path:
             net.exact_entropy_path = False
             row["float_path"] = measure_coding(net, images, f"{name} (float path)")
@@ -207,6 +215,14 @@ def main(argv: list[str] | None = None) -> dict:
                 f"PSNR {row['psnr'] - row['float_path']['psnr']:+.3f} dB, "
                 f"encode {row['encode_s'] / row['float_path']['encode_s'] - 1:+.1%}, "
                 f"decode {row['decode_s'] / row['float_path']['decode_s'] - 1:+.1%}"
+                for name, row in results.items()
+            )
+        )
+    if args.fp16:
+        print(
+            "float16 vs float32 weights: "
+            + "; ".join(
+                f"{name} bpp {row['fp16']['bpp'] / row['bpp'] - 1:+.3%}, PSNR {row['fp16']['psnr'] - row['psnr']:+.4f} dB"
                 for name, row in results.items()
             )
         )

@@ -20,8 +20,8 @@ Nothing is lost when the campaign is stopped:
   them, records their progress and exits with status 0 (1 if a job failed).
 
 Each job is exported with CompressAI's ``update_model`` to ``ZOO/<export>-<sha256
-prefix>.pth.tar`` whenever it finishes or stops, and every ``export_minutes``
-while it runs; ``ZOO/training/<job>/`` keeps its config, ``metrics.jsonl``,
+prefix>.pth.tar`` (weights in float16 with ``"storage": "fp16"``) whenever it
+finishes or stops, and every ``export_minutes`` while it runs; ``ZOO/training/<job>/`` keeps its config, ``metrics.jsonl``,
 learning-curve plot and ``state.json`` (status, step, wall time, threads,
 latest and best validation figures).
 """
@@ -42,9 +42,12 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from .config import Stage, TrainingConfig
 from .data import find_images
 from .trainer import plot_metrics
+from .zoo import half_precision
 
 __all__ = ["Campaign", "Job", "Recipe", "split_validation"]
 
@@ -108,6 +111,7 @@ class Recipe:
     validation_offset: int = 16
     threads: int = 2
     export_minutes: float = 30.0
+    storage: str = "fp32"
     settings: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
@@ -126,6 +130,8 @@ class Recipe:
         return recipe
 
     def check(self) -> None:
+        if self.storage not in ("fp32", "fp16"):
+            raise ValueError(f'storage must be "fp32" or "fp16", got {self.storage!r}')
         names = [job.name for job in self.jobs]
         if len(set(names)) != len(names):
             raise ValueError(f"job names must be unique: {names}")
@@ -308,8 +314,6 @@ class Campaign:
         if not checkpoint.is_file():
             self._write_state(job, status=status, wall_seconds=wall)
             return
-        import torch
-
         step = torch.load(checkpoint, map_location="cpu", weights_only=True)["step"]
         folder, name = self._export_location(job)
         folder.mkdir(parents=True, exist_ok=True)
@@ -317,6 +321,13 @@ class Campaign:
         with tempfile.TemporaryDirectory(dir=folder) as tmp:
             update_model.main([str(checkpoint), "-a", job.model, "-n", name, "-d", tmp])
             (new,) = Path(tmp).glob("*.pth.tar")
+            if self.recipe.storage == "fp16":
+                unhashed = Path(tmp) / f"{name}.pth.tar"
+                torch.save(half_precision(torch.load(new, weights_only=True)), unhashed)
+                new.unlink()
+                new = unhashed.rename(
+                    unhashed.with_name(f"{name}-{update_model.sha256_file(unhashed)}.pth.tar")
+                )
             for old in folder.glob(f"{name}-*.pth.tar"):
                 old.unlink()
             new.replace(folder / new.name)

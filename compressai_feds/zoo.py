@@ -21,7 +21,15 @@ from compressai.registry import MODELS
 
 from .models import FEDSCodec, FEDSStudent, FEDSTeacher
 
-__all__ = ["LAMBDAS", "architecture_name", "checkpoint_dir", "feds_student", "feds_teacher", "load_codec"]
+__all__ = [
+    "LAMBDAS",
+    "architecture_name",
+    "checkpoint_dir",
+    "feds_student",
+    "feds_teacher",
+    "half_precision",
+    "load_codec",
+]
 
 #: Rate-distortion trade-off of each quality level: the tables of CompressAI's
 #: pretrained models (``compressai/zoo/image.py``, training λ of the MSE and
@@ -143,6 +151,16 @@ def load_codec(path: str | Path, architecture: str | None = None) -> nn.Module:
     state_dict = checkpoint.get("state_dict", checkpoint)
     name = checkpoint.get("architecture") or architecture or ""
     return MODELS.get(name, FEDSCodec).from_state_dict(state_dict)
+
+
+def half_precision(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The state dict with every convolution, linear and normalisation weight and
+    bias stored in float16, for shipping: entropy-model parameters, CDF tables
+    and scale tables stay as they are (the CDFs were built from them)."""
+    return {
+        key: value.half() if value.dtype == torch.float32 and key.endswith((".weight", ".bias")) else value
+        for key, value in state_dict.items()
+    }
 
 
 def architecture_name(net: nn.Module) -> str:

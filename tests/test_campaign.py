@@ -38,6 +38,7 @@ def tiny_recipe(data: Path, teacher_steps: int = 100) -> dict:
         "validation_offset": 1,
         "threads": 2,
         "export_minutes": 30,
+        "storage": "fp16",
         "settings": {
             "batch_size": 2,
             "crop_size": 64,
@@ -187,6 +188,10 @@ def test_campaign_stops_resumes_and_exports(campaign_dir, monkeypatch):
         "feds-teacher-mse-3",
     ]
     assert len(list((root / "zoo" / "ablation").glob("feds-student-noteacher-mse-3-*.pth.tar"))) == 1
+
+    exported = torch.load(next((root / "zoo").glob("feds-teacher-mse-3-*.pth.tar")), weights_only=True)
+    assert exported["g_a.0.0.weight"].dtype == torch.float16
+    assert exported["latent_codec.y.latent_codec.y0.gaussian_conditional.scale_table"].dtype == torch.float32
 
     # the exports are zoo checkpoints, with hashes that check
     monkeypatch.setenv("COMPRESSAI_FEDS_ZOO", str(root / "zoo"))
