@@ -24,6 +24,7 @@ from torchvision.transforms.functional import to_tensor
 from tqdm import tqdm
 
 from .data import find_images
+from .entropy_coding import VERIFY_DECODING
 from .models import FEDSCodec
 from .zoo import LAMBDAS, feds_student, feds_teacher, half_precision
 
@@ -162,10 +163,10 @@ def main(argv: list[str] | None = None) -> dict:
         if args.fp16:
             rounded = type(net).from_state_dict(half_precision(net.state_dict())).eval()
             row["fp16"] = measure_coding(rounded, images, f"{name} (fp16 weights)")
-        if args.entropy_path:
-            net.exact_entropy_path = False
+        if args.entropy_path:  # CompressAI's float evaluation, without the re-encoding check
+            net.exact_entropy_path, VERIFY_DECODING["enabled"] = False, False
             row["float_path"] = measure_coding(net, images, f"{name} (float path)")
-            net.exact_entropy_path = True
+            net.exact_entropy_path, VERIFY_DECODING["enabled"] = True, True
         lmbda = LAMBDAS["mse"][args.quality]
         if args.train_step:
             row["train_step_s"] = training_step_seconds(net, lmbda, fast=True, size=args.crop_size)
