@@ -81,8 +81,19 @@ class FixedPointConv(nn.Module):
         bound = ACTIVATION_LIMIT * weight.abs().sum(dim=(1, 2, 3)) + bias.abs()
         if bound.max() >= EXACT_LIMIT:
             raise ValueError(f"fixed-point sums could reach {bound.max():.3g}, beyond exact float64 integers")
+        kernel = self.kernel_size[0]
+        # stride 1 and "same" padding: one matrix per kernel tap, applied to shifted views
+        self.shifted = (
+            not self.transposed
+            and self.stride == (1, 1)
+            and self.kernel_size == (kernel, kernel)
+            and kernel % 2 == 1
+            and self.padding == (kernel // 2, kernel // 2)
+        )
         if self.transposed:  # (out, in, kh, kw) -> (out·kh·kw, in): one column block per input pixel
             matrix = weight.permute(0, 2, 3, 1).reshape(-1, weight.size(1))
+        elif self.shifted:  # (kh·kw, out, in)
+            matrix = weight.permute(2, 3, 0, 1).reshape(kernel * kernel, weight.size(0), weight.size(1))
         else:
             matrix = weight.reshape(weight.size(0), -1)
         self.register_buffer("matrix", matrix.contiguous(), persistent=False)
@@ -90,12 +101,27 @@ class FixedPointConv(nn.Module):
         self.register_buffer(
             "rescale", torch.ldexp(torch.ones_like(shift), -shift).view(1, -1, 1, 1), persistent=False
         )
-        self.pointwise = not self.transposed and self.kernel_size == (1, 1) and self.stride == (1, 1)
+
+    def _shifted_products(self, a: Tensor) -> Tensor:
+        """Sum over the kernel taps of ``tap matrix @ shifted input``, each
+        shifted input a contiguous slice of the padded, flattened image (no
+        unfolded copy); columns beyond the image width are dropped at the end."""
+        batch, channels, height, width = a.shape
+        kernel = self.kernel_size[0]
+        pad = kernel // 2
+        padded_width = width + 2 * pad
+        flat = F.pad(a, (pad, pad, pad, pad + 1)).reshape(batch, channels, -1)  # +1 row: last tap's slice
+        length = height * padded_width
+        acc = torch.zeros(batch, self.matrix.size(1), length, dtype=a.dtype, device=a.device)
+        for tap in range(kernel * kernel):
+            start = (tap // kernel) * padded_width + tap % kernel
+            acc += self.matrix[tap] @ flat[:, :, start : start + length]
+        return acc.view(batch, -1, height, padded_width)[..., :width]
 
     def forward(self, a: Tensor) -> Tensor:
         batch, _, height, width = a.shape
-        if self.pointwise:
-            acc = (self.matrix @ a.reshape(batch, a.size(1), -1)).view(batch, -1, height, width)
+        if self.shifted:
+            acc = self._shifted_products(a)
         elif self.transposed:
             size = [
                 (n - 1) * s - 2 * p + k + o

@@ -85,7 +85,10 @@ def test_fixed_point_convolution_is_exact_and_close_to_float(layer, size):
             a, weight, stride=layer.stride, padding=layer.padding, output_padding=layer.output_padding
         )
     else:
-        weight = weight.view(40, 24, *layer.kernel_size)
+        if fixed.shifted:  # one (out, in) matrix per kernel tap
+            weight = weight.view(*layer.kernel_size, 40, 24).permute(2, 3, 0, 1)
+        else:
+            weight = weight.view(40, 24, *layer.kernel_size)
         reference = F.conv2d(a, weight, stride=layer.stride, padding=layer.padding)
     assert torch.equal(torch.round((reference + fixed.bias) * fixed.rescale), out)
     assert out.shape == layer(x).shape
