@@ -53,9 +53,19 @@ class BitstreamError(ValueError):
 VERIFY_DECODING = {"enabled": True}
 
 
-def check_reencodes(strings: list[bytes], reencode: Callable[[], list[bytes]], what: str) -> None:
-    """A consistent rANS decode re-encodes to the very bytes it was decoded from."""
-    if VERIFY_DECODING["enabled"] and list(reencode()) != list(strings):
+#: No latent of a real image comes near this; forged streams can decode to values
+#: whose re-encoding would overflow CompressAI's bypass coder (it then never ends).
+MAX_LATENT_MAGNITUDE = 2.0**20
+
+
+def check_reencodes(
+    strings: list[bytes], decoded: Tensor, reencode: Callable[[], list[bytes]], what: str
+) -> None:
+    """A consistent rANS decode stays in range and re-encodes to the very bytes
+    it was decoded from."""
+    if not VERIFY_DECODING["enabled"]:
+        return
+    if not bool((decoded.abs() < MAX_LATENT_MAGNITUDE).all()) or list(reencode()) != list(strings):
         raise BitstreamError(
             f"the {what} bitstream does not decode consistently (corrupted or desynchronised)"
         )
@@ -113,7 +123,7 @@ class LatentResidualGaussianLatentCodec(GaussianConditionalLatentCodec):
                 f"a latent slice decoded to shape {tuple(y_hat.shape[1:])}, not {tuple(shape)}"
             )
         check_reencodes(
-            y_strings, lambda: self.gaussian_conditional.compress(y_hat, indexes, means), "latent"
+            y_strings, y_hat, lambda: self.gaussian_conditional.compress(y_hat, indexes, means), "latent"
         )
         return {"y_hat": self._predict_residual(y_hat, ctx_params)}
 
@@ -125,7 +135,7 @@ class CheckedHyperLatentCodec(HyperLatentCodec):
     def decompress(self, strings: list[list[bytes]], shape: tuple[int, int], **kwargs) -> dict[str, Any]:
         (z_strings,) = strings
         z_hat = self.entropy_bottleneck.decompress(z_strings, shape)
-        check_reencodes(z_strings, lambda: self.entropy_bottleneck.compress(z_hat), "hyper-latent")
+        check_reencodes(z_strings, z_hat, lambda: self.entropy_bottleneck.compress(z_hat), "hyper-latent")
         return {"params": self.h_s(z_hat)}
 
 
