@@ -16,3 +16,4 @@ def test_decoder_survives_a_long_fuzz_run():
     print(result.stdout)
     assert result.returncode == 0, result.stderr
     assert "container: decoded" not in result.stdout  # every corrupted container refused
+    assert "different image" not in result.stdout  # forged streams refused, never decoded to garbage
