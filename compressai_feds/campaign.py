@@ -21,9 +21,10 @@ Nothing is lost when the campaign is stopped:
 
 Each job is exported with CompressAI's ``update_model`` to ``ZOO/<export>-<sha256
 prefix>.pth.tar`` (weights in float16 with ``"storage": "fp16"``) whenever it
-finishes or stops, and every ``export_minutes`` while it runs; ``ZOO/training/<job>/`` keeps its config, ``metrics.jsonl``,
-learning-curve plot and ``state.json`` (status, step, wall time, threads,
-latest and best validation figures).
+finishes or stops, and every ``export_minutes`` while it runs;
+``ZOO/training/<job>/`` keeps its config, ``metrics.jsonl``, learning-curve plot
+and ``state.json`` (status, step, wall time, threads, latest and best
+validation figures).
 """
 
 from __future__ import annotations
@@ -289,7 +290,6 @@ class Campaign:
             **os.environ,
             "OMP_NUM_THREADS": str(job.threads),
             "MKL_NUM_THREADS": str(job.threads),
-            "PYTHONWARNINGS": "ignore::FutureWarning",
         }
         log = (run_dir / "train.log").open("a")
         process = subprocess.Popen(

@@ -103,8 +103,9 @@ class FEDSCodec(SimpleVAECompressionModel):
 
     :meth:`compress` and :meth:`decompress` evaluate the networks that choose
     each symbol's CDF and mean in fixed point (:mod:`compressai_feds.fixed_point`),
-    derived from the weights on construction, :meth:`load_state_dict` and
-    :meth:`update`: the decoded latent is then bit-identical on every machine.
+    derived from the weights when first coding after construction,
+    :meth:`load_state_dict` or :meth:`update`: the decoded latent is then
+    bit-identical on every machine.
     ``exact_entropy_path = False`` restores CompressAI's float evaluation
     (for comparison only: its files decode reliably only where they were written).
 
@@ -150,25 +151,25 @@ class FEDSCodec(SimpleVAECompressionModel):
         )
         self.latent_codec = channel_wise_hyperprior(M, N, groups)
         self.exact_entropy_path = True
-        self._build_fixed_point()
-
-    def _build_fixed_point(self) -> None:
-        self._fixed_point = fixed_point_networks(self.latent_codec)
+        self._fixed_point: list | None = None  # derived from the weights when first coding
 
     def update(self, *args: Any, **kwargs: Any) -> bool:
-        """Builds the CDF tables (CompressAI) and the fixed-point entropy path."""
+        """Builds the CDF tables (CompressAI); the fixed-point entropy path is
+        derived again from the weights when next coding."""
         updated = super().update(*args, **kwargs)
-        self._build_fixed_point()
+        self._fixed_point = None
         return updated
 
     def load_state_dict(self, state_dict: Mapping[str, Any], *args: Any, **kwargs: Any) -> Any:
         result = super().load_state_dict(state_dict, *args, **kwargs)
-        self._build_fixed_point()
+        self._fixed_point = None
         return result
 
     @contextmanager
     def _entropy_path(self, device: torch.device) -> Iterator[None]:
         """The fixed-point networks in place of the float ones, for coding."""
+        if self.exact_entropy_path and self._fixed_point is None:
+            self._fixed_point = fixed_point_networks(self.latent_codec)
         fixed_point = self._fixed_point if self.exact_entropy_path else []
         with swapped_modules([(parent, name, net.to(device)) for parent, name, net in fixed_point]):
             yield
