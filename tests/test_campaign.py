@@ -30,7 +30,7 @@ def stage(name, steps, feature_weight=0.0, channel_weight=0.0):
     }
 
 
-def tiny_recipe(data: Path, teacher_steps: int = 100) -> dict:
+def tiny_recipe(data: Path, teacher_steps: int = 300) -> dict:
     student_stages = [stage("feature_alignment", 2, 1.0), stage("channel_distillation", 2, 1.0, 1.0)]
     return {
         "data": str(data),
@@ -161,7 +161,7 @@ def test_campaign_stops_resumes_and_exports(campaign_dir, monkeypatch):
     process = subprocess.Popen(campaign(root), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     stop_when_checkpointed(process, root / "runs" / "teacher" / "checkpoint.pth.tar", 2)
     first = state(root, "teacher")
-    assert first["status"] == "stopped" and 2 <= first["step"] < 100
+    assert first["status"] == "stopped" and 2 <= first["step"] < 300
     assert (root / "zoo" / first["export"]).is_file()
     assert not (root / "zoo" / "training" / "student").exists()  # waits for its teacher
 
@@ -170,18 +170,18 @@ def test_campaign_stops_resumes_and_exports(campaign_dir, monkeypatch):
     stop_when_checkpointed(process, root / "runs" / "teacher" / "checkpoint.pth.tar", first["step"] + 2)
     assert "teacher resumes from its run folder" in process.stdout.read()
     second = state(root, "teacher")
-    assert first["step"] < second["step"] < 100 and second["wall_seconds"] > first["wall_seconds"]
+    assert first["step"] < second["step"] < 300 and second["wall_seconds"] > first["wall_seconds"]
 
     # a fresh clone: only the exports and logs in the zoo are left
     shutil.rmtree(root / "runs")
     out = run_python(*campaign(root)[1:])
     assert f"teacher continues from its exported weights at step {second['step']}" in out
     assert "all jobs finished" in out
-    for job, steps in (("teacher", 100), ("baseline", 4), ("student", 4), ("student-q4", 2)):
+    for job, steps in (("teacher", 300), ("baseline", 4), ("student", 4), ("student-q4", 2)):
         assert state(root, job)["status"] == "finished" and state(root, job)["step"] == steps
     records = [json.loads(line) for line in (root / "zoo/training/teacher/metrics.jsonl").open()]
     logged = [r["step"] for r in records if "val" not in r]
-    assert logged == sorted(logged) and logged[-1] == 100 and len(logged) == len(set(logged))
+    assert logged == sorted(logged) and logged[-1] == 300 and len(logged) == len(set(logged))
     assert sorted(p.name.rsplit("-", 1)[0] for p in (root / "zoo").glob("*.pth.tar")) == [
         "feds-student-mse-3",
         "feds-student-mse-4",
