@@ -114,6 +114,9 @@ class DistillationObjective(nn.Module):
         losses = self.rate_distortion(
             {"x_hat": out["x_hat"].float(), "likelihoods": out["likelihoods"]}, x.float()
         )
+        num_pixels = x.size(0) * x.size(2) * x.size(3)
+        for name, likelihoods in out["likelihoods"].items():  # logged: a latent carrying 0 bits is dead
+            losses[f"bpp_{name}"] = likelihoods.detach().log2().sum().neg() / num_pixels
         total = losses["loss"]
         if distill and feature_weight > 0:
             losses["feature_loss"] = self.feature_loss(out["features"], teacher_out["features"])
@@ -476,7 +479,7 @@ def plot_metrics(metrics_path: Path, output: Path) -> None:
     train = [r for r in records if "val" not in r]
     val = [r for r in records if "val" in r]
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    for key in ("loss", "bpp_loss", "feature_loss", "channel_loss"):
+    for key in ("loss", "bpp_loss", "bpp_z", "feature_loss", "channel_loss"):
         points = [(r["step"], r[key]) for r in train if key in r]
         if points:
             axes[0].plot(*zip(*points, strict=True), label=key)

@@ -73,6 +73,8 @@ def test_three_stages_run_with_their_losses(data, tmp_path):
         "channel_distillation"
     ] * 2 + ["fine_tuning"] * 2
     assert by_step[6]["lr"] == pytest.approx(1e-6)  # fine-tuning lr, decayed at 90% of the stage
+    for record in by_step.values():  # the rate of each latent, logged apart
+        assert record["bpp_y"] + record["bpp_z"] == pytest.approx(record["bpp_loss"], rel=1e-5)
     assert result["step"] == 6 and result["val"]["bpp"] > 0
     assert any("val" in r for r in records)
     for name in ("checkpoint.pth.tar", "best.pth.tar", "config.json", "training.png"):
