@@ -34,7 +34,7 @@ from dataclasses import dataclass
 __all__ = ["FORMAT_VERSION", "MAGIC", "ContainerError", "Header", "describe_model", "pack", "unpack"]
 
 MAGIC = b"FEDS"
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 FLAG_ALPHA = 1
 FLAG_PALETTE = 2
 MAX_STREAMS = 1 << 20

@@ -12,11 +12,14 @@ parameters, latent residual prediction) are evaluated on integers:
 * activations live on a grid of ``2**-FRACTION_BITS``, clamped to
   ``±ACTIVATION_LIMIT`` grid steps;
 * each output channel's weights are scaled by a power of two to at most
-  ``WEIGHT_LIMIT`` and rounded; biases are rounded to the accumulator's grid;
-* a convolution is an ``unfold``/``fold`` (copies and integer sums) around a
-  float64 matrix product of integers whose partial sums all stay below
-  ``2**53`` (checked when the network is built), so every order of summation
-  gives the same, exact result;
+  ``WEIGHT_LIMIT`` and rounded to 8-bit integers; biases are rounded to the
+  accumulator's grid;
+* a convolution is an exact integer matrix product: int8 products with int32
+  sums (``torch._int_mm``) of the weights and each base-256 digit of the
+  activations (taken from shifted views, ``unfold`` or before a ``fold``),
+  recombined in float64 on integers whose partial sums all stay below
+  ``2**53`` (checked when the network is built), so every machine and every
+  order of summation gives the same result;
 * rescaling multiplies by a power of two and rounds half to even; GELU and
   ``0.5·tanh`` are tables on the grid over ``[-TABLE_RANGE, TABLE_RANGE]``,
   outside which they equal ``x``/``0`` and ``±0.5`` on the grid.
@@ -42,9 +45,10 @@ __all__ = ["FixedPointConv", "FixedPointNetwork", "FixedPointTable", "from_grid"
 FRACTION_BITS = 12
 GRID = 2.0**FRACTION_BITS
 ACTIVATION_LIMIT = 2**22
-WEIGHT_LIMIT = 2**15
+WEIGHT_LIMIT = 2**7  # weights in [-128, 127]
 TABLE_RANGE = 8
 EXACT_LIMIT = 2**53
+DIGIT_BASE = 256
 
 
 def to_grid(x: Tensor) -> Tensor:
@@ -57,10 +61,35 @@ def from_grid(a: Tensor) -> Tensor:
     return (a / GRID).float()
 
 
+def _digits(values: Tensor) -> list[Tensor]:
+    """Integer-valued ``values`` (``|values| <= ACTIVATION_LIMIT``) as balanced
+    base-256 digits in ``[-128, 127]``, int8, least significant first:
+    ``values == sum(digits[i] * 256**i)``; as many as the largest value needs.
+
+    With ``n`` digits, ``values + 128·(1 + 256 + ... + 256**(n-1))`` is
+    non-negative and its plain base-256 digits are the balanced ones plus 128:
+    int32 shifts and masks, exact.
+    """
+    largest = int(values.abs().max()) if values.numel() else 0
+    count = 1
+    while 127 * (DIGIT_BASE**count - 1) // (DIGIT_BASE - 1) < largest:
+        count += 1
+    offset = 128 * (DIGIT_BASE**count - 1) // (DIGIT_BASE - 1)
+    shifted = values.to(torch.int32) + offset
+    return [((shifted >> (8 * i)) & 255).sub_(128).to(torch.int8) for i in range(count)]
+
+
 class FixedPointConv(nn.Module):
     """A :class:`~torch.nn.Conv2d` or :class:`~torch.nn.ConvTranspose2d` on grid
-    integers: integer weights per output channel, exact float64 sums, and a
-    rounded power-of-two rescaling back to the grid."""
+    integers: 8-bit integer weights per output channel, exact integer sums, and a
+    rounded power-of-two rescaling back to the grid.
+
+    Products are int8 matrix products with int32 sums (``torch._int_mm``) of
+    the weights and each base-256 digit of the activations; the digits' sums
+    are scaled by their power of 256 and added in float64, on integers below
+    ``2**53`` (checked when the layer is built). Integer arithmetic
+    throughout: the same result on every machine, in any summation order.
+    """
 
     def __init__(self, conv: nn.Conv2d | nn.ConvTranspose2d) -> None:
         super().__init__()
@@ -75,14 +104,20 @@ class FixedPointConv(nn.Module):
         largest = weight.abs().amax(dim=(1, 2, 3))
         _, exponent = torch.frexp(largest)  # largest < 2**exponent
         shift = math.log2(WEIGHT_LIMIT) - exponent.double()
-        weight = torch.round(torch.ldexp(weight, shift.view(-1, 1, 1, 1)))
+        weight = torch.round(torch.ldexp(weight, shift.view(-1, 1, 1, 1))).clamp_(
+            -WEIGHT_LIMIT, WEIGHT_LIMIT - 1
+        )
         bias = conv.bias.detach().double() if conv.bias is not None else torch.zeros(len(shift)).double()
         bias = torch.round(torch.ldexp(bias, shift + FRACTION_BITS))
-        bound = ACTIVATION_LIMIT * weight.abs().sum(dim=(1, 2, 3)) + bias.abs()
+        products = weight[0].numel()
+        if products * 128 * 128 >= 2**31:
+            raise ValueError("more than 2**17 products per sum would overflow int32 sums")
+        # the digits' partial sums: sum(|digit_i|·256**i) <= |a| + 2**17 <= 2·ACTIVATION_LIMIT
+        bound = 2 * ACTIVATION_LIMIT * weight.abs().sum(dim=(1, 2, 3)) + bias.abs()
         if bound.max() >= EXACT_LIMIT:
             raise ValueError(f"fixed-point sums could reach {bound.max():.3g}, beyond exact float64 integers")
         kernel = self.kernel_size[0]
-        # stride 1 and "same" padding: one matrix per kernel tap, applied to shifted views
+        # stride 1 and "same" padding: one product per kernel tap, on shifted views
         self.shifted = (
             not self.transposed
             and self.stride == (1, 1)
@@ -90,39 +125,46 @@ class FixedPointConv(nn.Module):
             and kernel % 2 == 1
             and self.padding == (kernel // 2, kernel // 2)
         )
-        if self.transposed:  # (out, in, kh, kw) -> (out·kh·kw, in): one column block per input pixel
+        if self.transposed:  # (out·kh·kw, in): one column block per input pixel, for ``fold``
             matrix = weight.permute(0, 2, 3, 1).reshape(-1, weight.size(1))
         elif self.shifted:  # (kh·kw, out, in)
             matrix = weight.permute(2, 3, 0, 1).reshape(kernel * kernel, weight.size(0), weight.size(1))
-        else:
+        else:  # (out, in·kh·kw): the order of ``unfold``
             matrix = weight.reshape(weight.size(0), -1)
-        self.register_buffer("matrix", matrix.contiguous(), persistent=False)
-        self.register_buffer("bias", bias.view(1, -1, 1, 1), persistent=False)
+        self.register_buffer("weight", weight, persistent=False)
+        self.register_buffer("matrix", matrix.to(torch.int8).contiguous(), persistent=False)
+        self.register_buffer("bias", bias.view(-1, 1, 1), persistent=False)
         self.register_buffer(
-            "rescale", torch.ldexp(torch.ones_like(shift), -shift).view(1, -1, 1, 1), persistent=False
+            "rescale", torch.ldexp(torch.ones_like(shift), -shift).view(-1, 1, 1), persistent=False
         )
 
-    def _shifted_products(self, a: Tensor) -> Tensor:
-        """Sum over the kernel taps of ``tap matrix @ shifted input``, each
-        shifted input a contiguous slice of the padded, flattened image (no
-        unfolded copy); columns beyond the image width are dropped at the end."""
-        batch, channels, height, width = a.shape
-        kernel = self.kernel_size[0]
-        pad = kernel // 2
-        padded_width = width + 2 * pad
-        flat = F.pad(a, (pad, pad, pad, pad + 1)).reshape(batch, channels, -1)  # +1 row: last tap's slice
-        length = height * padded_width
-        acc = torch.zeros(batch, self.matrix.size(1), length, dtype=a.dtype, device=a.device)
-        for tap in range(kernel * kernel):
-            start = (tap // kernel) * padded_width + tap % kernel
-            acc += self.matrix[tap] @ flat[:, :, start : start + length]
-        return acc.view(batch, -1, height, padded_width)[..., :width]
+    def _product(self, digits: list[Tensor], product: Callable[[Tensor], Tensor]) -> Tensor:
+        """``sum(product(digit_i) * 256**i)`` in float64."""
+        acc = product(digits[0]).double()
+        for i, digit in enumerate(digits[1:], start=1):
+            acc.add_(product(digit), alpha=DIGIT_BASE**i)
+        return acc
 
-    def forward(self, a: Tensor) -> Tensor:
-        batch, _, height, width = a.shape
+    def _shifted_product(self, digit: Tensor, starts: list[int], length: int) -> Tensor:
+        acc = torch._int_mm(self.matrix[0], digit[:, starts[0] : starts[0] + length])
+        for tap, start in enumerate(starts[1:], start=1):
+            acc += torch._int_mm(self.matrix[tap], digit[:, start : start + length])
+        return acc
+
+    def _convolve(self, image: Tensor) -> Tensor:
+        """The integer sums of one ``(C, H, W)`` image, before rescaling."""
+        channels, height, width = image.shape
         if self.shifted:
-            acc = self._shifted_products(a)
-        elif self.transposed:
+            kernel = self.kernel_size[0]
+            pad = kernel // 2
+            padded_width = width + 2 * pad
+            # +1 row: the last tap's slice; columns beyond the width are dropped at the end
+            flat = F.pad(image, (pad, pad, pad, pad + 1)).reshape(channels, -1)
+            length = height * padded_width
+            starts = [(tap // kernel) * padded_width + tap % kernel for tap in range(kernel * kernel)]
+            acc = self._product(_digits(flat), lambda d: self._shifted_product(d, starts, length))
+            return acc.view(-1, height, padded_width)[..., :width]
+        if self.transposed:
             size = [
                 (n - 1) * s - 2 * p + k + o
                 for n, s, p, k, o in zip(
@@ -134,17 +176,19 @@ class FixedPointConv(nn.Module):
                     strict=True,
                 )
             ]
-            columns = self.matrix @ a.reshape(batch, a.size(1), -1)
-            acc = F.fold(columns, size, self.kernel_size, padding=self.padding, stride=self.stride)
-        else:
-            size = [
-                (n + 2 * p - k) // s + 1
-                for n, s, p, k in zip(
-                    (height, width), self.stride, self.padding, self.kernel_size, strict=True
-                )
-            ]
-            columns = F.unfold(a, self.kernel_size, padding=self.padding, stride=self.stride)
-            acc = (self.matrix @ columns).view(batch, -1, *size)
+            columns = self._product(
+                _digits(image.reshape(channels, -1)), lambda d: torch._int_mm(self.matrix, d)
+            )
+            return F.fold(columns, size, self.kernel_size, padding=self.padding, stride=self.stride)
+        size = [
+            (n + 2 * p - k) // s + 1
+            for n, s, p, k in zip((height, width), self.stride, self.padding, self.kernel_size, strict=True)
+        ]
+        columns = F.unfold(image, self.kernel_size, padding=self.padding, stride=self.stride)
+        return self._product(_digits(columns), lambda d: torch._int_mm(self.matrix, d)).view(-1, *size)
+
+    def forward(self, a: Tensor) -> Tensor:
+        acc = torch.stack([self._convolve(image) for image in a])
         # multiplying by a power of two is exact; rounding is half to even
         return torch.round((acc + self.bias) * self.rescale).clamp_(-ACTIVATION_LIMIT, ACTIVATION_LIMIT)
 
@@ -179,7 +223,7 @@ class FixedPointTable(nn.Module):
 
     def forward(self, a: Tensor) -> Tensor:
         steps = (len(self.table) - 1) // 2
-        out = self.table[(a.clamp(-steps, steps) + steps).long()]
+        out = self.table.index_select(0, (a.clamp(-steps, steps) + steps).long().flatten()).view_as(a)
         if self.name == "gelu":
             return torch.where(a > steps, a, out)
         return out  # the table's ends are already ±0.5

@@ -14,7 +14,7 @@ from PIL import Image
 
 from compressai_feds import FEDSStudent
 from compressai_feds.codec import Codec, CodecError, compress_image, decompress_image
-from compressai_feds.container import ContainerError, Header, pack, unpack
+from compressai_feds.container import FORMAT_VERSION, ContainerError, Header, pack, unpack
 
 
 @pytest.fixture(scope="module")
@@ -133,8 +133,8 @@ def test_file_from_another_model_is_refused_naming_both(codec, tmp_path):
 
 def test_newer_format_version_is_refused(codec):
     data = bytearray(compress_image(codec, photo(8, 8))[0])
-    data[4] = 3
-    with pytest.raises(ContainerError, match="version 3 is not supported"):
+    data[4] = FORMAT_VERSION + 1
+    with pytest.raises(ContainerError, match=f"version {FORMAT_VERSION + 1} is not supported"):
         unpack(bytes(data))
 
 

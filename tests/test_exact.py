@@ -16,7 +16,14 @@ from torchvision.transforms.functional import to_tensor
 
 from compressai_feds import feds_student, feds_teacher
 from compressai_feds.entropy_coding import BitstreamError
-from compressai_feds.fixed_point import GRID, FixedPointConv, FixedPointNetwork, FixedPointTable, to_grid
+from compressai_feds.fixed_point import (
+    ACTIVATION_LIMIT,
+    GRID,
+    FixedPointConv,
+    FixedPointNetwork,
+    FixedPointTable,
+    to_grid,
+)
 from compressai_feds.zoo import checkpoint_dir
 
 
@@ -63,6 +70,7 @@ def perturbed_float_convolutions(relative: float, seed: int = 0):
     "layer, size",
     [
         (conv(24, 40, kernel_size=3, stride=1), (9, 13)),
+        (conv(24, 40, kernel_size=5, stride=1), (9, 13)),
         (conv(24, 40, kernel_size=5, stride=2), (9, 13)),
         (nn.Conv2d(24, 40, 1), (9, 13)),
         (deconv(24, 40, kernel_size=5, stride=2), (5, 7)),
@@ -78,22 +86,33 @@ def test_fixed_point_convolution_is_exact_and_close_to_float(layer, size):
     with threads(2):
         assert torch.equal(fixed(a.contiguous(memory_format=torch.channels_last)), out)
     # against float64 convolution of the same integers (exact below 2**53), rounded the same way
-    weight = fixed.matrix
     if fixed.transposed:
-        weight = weight.view(40, *layer.kernel_size, 24).permute(3, 0, 1, 2)
         reference = F.conv_transpose2d(
-            a, weight, stride=layer.stride, padding=layer.padding, output_padding=layer.output_padding
+            a,
+            fixed.weight.transpose(0, 1),
+            stride=layer.stride,
+            padding=layer.padding,
+            output_padding=layer.output_padding,
         )
     else:
-        if fixed.shifted:  # one (out, in) matrix per kernel tap
-            weight = weight.view(*layer.kernel_size, 40, 24).permute(2, 3, 0, 1)
-        else:
-            weight = weight.view(40, 24, *layer.kernel_size)
-        reference = F.conv2d(a, weight, stride=layer.stride, padding=layer.padding)
+        reference = F.conv2d(a, fixed.weight, stride=layer.stride, padding=layer.padding)
     assert torch.equal(torch.round((reference + fixed.bias) * fixed.rescale), out)
     assert out.shape == layer(x).shape
     float_out = copy.deepcopy(layer).double()(x.double()) * GRID
-    assert (out - float_out).abs().max() < 0.01 * float_out.abs().max()  # weights rounded to 16 bits
+    # weights rounded to 8 bits: about 1% of the largest output at worst (measured over 300 inits)
+    assert (out - float_out).abs().max() < 0.02 * float_out.abs().max()
+
+
+def test_products_are_exact_up_to_the_activation_limit():
+    torch.manual_seed(0)
+    fixed = FixedPointConv(conv(24, 40, kernel_size=3, stride=1))
+    a = torch.randint(-ACTIVATION_LIMIT, ACTIVATION_LIMIT + 1, (1, 24, 6, 5)).double()
+    a[0, 0, 0, 0], a[0, 1, 0, 0] = ACTIVATION_LIMIT, -ACTIVATION_LIMIT  # three base-256 digits
+    reference = F.conv2d(a, fixed.weight, padding=1)  # float64, exact below 2**53
+    expected = torch.round((reference + fixed.bias) * fixed.rescale).clamp(
+        -ACTIVATION_LIMIT, ACTIVATION_LIMIT
+    )
+    assert torch.equal(fixed(a), expected)
 
 
 def test_tables_meet_their_limits_at_the_ends():
@@ -109,8 +128,14 @@ def test_tables_meet_their_limits_at_the_ends():
 
 
 def test_networks_too_wide_for_exact_sums_are_refused():
-    with pytest.raises(ValueError, match="beyond exact float64"):
+    with pytest.raises(ValueError, match="overflow int32"):
         FixedPointConv(nn.Conv2d(32768, 1, 3))
+    tiny_weights_huge_bias = nn.Conv2d(4, 4, 1)
+    with torch.no_grad():
+        tiny_weights_huge_bias.weight.fill_(1e-12)
+        tiny_weights_huge_bias.bias.fill_(1e3)
+    with pytest.raises(ValueError, match="beyond exact float64"):
+        FixedPointConv(tiny_weights_huge_bias)
     with pytest.raises(TypeError, match="no fixed-point form"):
         FixedPointNetwork(nn.Sequential(nn.Conv2d(4, 4, 1), nn.ReLU()))
 
@@ -223,9 +248,12 @@ def test_a_forged_stream_is_refused_not_decoded_to_garbage(codecs, images):
         net.decompress(strings, encoded["shape"])
 
 
-def test_old_format_version_is_refused_naming_both():
+@pytest.mark.parametrize("version", [1, 2])  # 1: float path; 2: 16-bit fixed-point weights
+def test_old_format_version_is_refused_naming_both(version):
     from compressai_feds.container import FORMAT_VERSION, ContainerError, unpack
 
-    data = bytearray(b"FEDS" + bytes([1]) + bytes(40))
-    with pytest.raises(ContainerError, match=f"version 1 is not supported .*version {FORMAT_VERSION}"):
-        unpack(bytes(data))
+    data = bytes(b"FEDS" + bytes([version]) + bytes(40))
+    with pytest.raises(
+        ContainerError, match=f"version {version} is not supported .*version {FORMAT_VERSION}"
+    ):
+        unpack(data)
