@@ -16,6 +16,19 @@ def test_benchmark_reports_both_models_and_their_ratios(tmp_path):
     assert all(row["encode_s"] > 0 and row["decode_s"] > 0 and row["bpp"] > 0 for row in (teacher, student))
 
 
+def test_entropy_path_comparison_codes_three_ways(tmp_path, capsys):
+    from compressai_feds.entropy_coding import VERIFY_DECODING
+
+    images = sample_crops(tmp_path / "images", size=64, count=1)
+    report = main([str(images), "--entropy-path"])
+    for row in report["models"].values():
+        for variant in (row, row["unchecked"], row["float_path"]):
+            assert variant["decode_s"] > 0 and variant["bpp"] > 0
+        assert row["unchecked"]["bpp"] == row["bpp"]  # the check changes no bit
+    assert "without the re-encoding check" in capsys.readouterr().out
+    assert VERIFY_DECODING["enabled"]  # restored
+
+
 def test_benchmark_refuses_a_missing_folder(tmp_path):
     with pytest.raises(SystemExit, match="does not exist"):
         main([str(tmp_path / "missing")])
