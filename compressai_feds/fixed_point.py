@@ -61,6 +61,12 @@ def from_grid(a: Tensor) -> Tensor:
     return (a / GRID).float()
 
 
+def _repunit(count: int) -> int:
+    """``1 + 256 + ... + 256**(count-1)``: ``count`` balanced digits span
+    ``[-128·repunit(count), 127·repunit(count)]``."""
+    return (DIGIT_BASE**count - 1) // (DIGIT_BASE - 1)
+
+
 def _digits(values: Tensor) -> list[Tensor]:
     """Integer-valued ``values`` (``|values| <= ACTIVATION_LIMIT``) as balanced
     base-256 digits in ``[-128, 127]``, int8, least significant first:
@@ -70,11 +76,11 @@ def _digits(values: Tensor) -> list[Tensor]:
     non-negative and its plain base-256 digits are the balanced ones plus 128:
     int32 shifts and masks, exact.
     """
-    largest = int(values.abs().max()) if values.numel() else 0
+    low, high = (int(v) for v in torch.aminmax(values)) if values.numel() else (0, 0)
     count = 1
-    while 127 * (DIGIT_BASE**count - 1) // (DIGIT_BASE - 1) < largest:
+    while not -128 * _repunit(count) <= low <= high <= 127 * _repunit(count):
         count += 1
-    offset = 128 * (DIGIT_BASE**count - 1) // (DIGIT_BASE - 1)
+    offset = 128 * _repunit(count)
     shifted = values.to(torch.int32) + offset
     return [((shifted >> (8 * i)) & 255).sub_(128).to(torch.int8) for i in range(count)]
 

@@ -22,6 +22,7 @@ from compressai_feds.fixed_point import (
     FixedPointConv,
     FixedPointNetwork,
     FixedPointTable,
+    _digits,
     to_grid,
 )
 from compressai_feds.zoo import checkpoint_dir
@@ -101,6 +102,18 @@ def test_fixed_point_convolution_is_exact_and_close_to_float(layer, size):
     float_out = copy.deepcopy(layer).double()(x.double()) * GRID
     # weights rounded to 8 bits: about 1% of the largest output at worst (measured over 300 inits)
     assert (out - float_out).abs().max() < 0.02 * float_out.abs().max()
+
+
+@pytest.mark.parametrize(
+    "low, high, count",
+    [(-128, 127, 1), (-129, 127, 2), (-128, 128, 2), (-32896, 32639, 2), (-32897, 0, 3), (0, 32640, 3)],
+)
+def test_activations_split_into_as_few_base_256_digits_as_they_need(low, high, count):
+    values = torch.cat([torch.tensor([low, high]), torch.randint(low, high + 1, (1000,))]).double()
+    digits = _digits(values)
+    assert len(digits) == count and all(d.dtype == torch.int8 for d in digits)
+    assert torch.equal(sum(d.long() * 256**i for i, d in enumerate(digits)), values.long())
+    assert len(_digits(torch.tensor([-ACTIVATION_LIMIT, ACTIVATION_LIMIT]).double())) == 3
 
 
 def test_products_are_exact_up_to_the_activation_limit():
