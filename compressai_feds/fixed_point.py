@@ -196,7 +196,7 @@ class FixedPointConv(nn.Module):
     def forward(self, a: Tensor) -> Tensor:
         acc = torch.stack([self._convolve(image) for image in a])
         # multiplying by a power of two is exact; rounding is half to even
-        return torch.round((acc + self.bias) * self.rescale).clamp_(-ACTIVATION_LIMIT, ACTIVATION_LIMIT)
+        return acc.add_(self.bias).mul_(self.rescale).round_().clamp_(-ACTIVATION_LIMIT, ACTIVATION_LIMIT)
 
 
 @cache
