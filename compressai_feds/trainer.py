@@ -48,6 +48,8 @@ __all__ = ["DistillationObjective", "DistillationTrainer"]
 CHECKPOINT = "checkpoint.pth.tar"
 BEST = "best.pth.tar"
 METRICS = "metrics.jsonl"
+#: Steps in a row whose loss or gradient may be non-finite (each skipped) before a run is stopped.
+MAX_SKIPPED_IN_A_ROW = 10
 
 
 def _build_model(spec: str, architecture_args: dict[str, Any]) -> nn.Module:
@@ -244,6 +246,7 @@ class DistillationTrainer:
             self.optimizers["net"], lambda step: config.lr_at(step) / base_lr
         )
         self.step = 0
+        self.skipped_in_a_row = 0
         self.best_val_loss = math.inf
         if checkpoint is not None:
             self._restore(checkpoint)
@@ -289,12 +292,15 @@ class DistillationTrainer:
 
     def _start_at(self, step: int) -> None:
         """Positions the schedule at ``step``, as if the steps before it had run."""
+        self._position_schedule(step)
+        if self.is_main:
+            _truncate_metrics(self.out_dir / METRICS, step)
+
+    def _position_schedule(self, step: int) -> None:
         self.step = step
         self.scheduler.last_epoch = step
         for group in self.optimizers["net"].param_groups:
             group["lr"] = self.config.lr_at(step)
-        if self.is_main:
-            _truncate_metrics(self.out_dir / METRICS, step)
 
     def save_checkpoint(self) -> None:
         if self.is_main:
@@ -341,20 +347,44 @@ class DistillationTrainer:
             optimizer.zero_grad(set_to_none=True)
         with autocast:
             losses = self.model(x, teacher_out, teacher_bits, stage.feature_weight, stage.channel_weight)
-        if not torch.isfinite(losses["loss"]):
-            raise FloatingPointError(
-                f"the loss is {losses['loss'].item()} at step {self.step + 1}: training diverged "
-                f"(the checkpoints written before are kept; lower the learning rate)"
-            )
+        if not self._finite(losses["loss"]):
+            return self._skip(stage.name, f"loss {losses['loss'].item()}")
         (losses["loss"] + losses["aux_loss"]).backward()
         if config.clip_max_norm > 0:
             net_params = [p for group in self.optimizers["net"].param_groups for p in group["params"]]
-            torch.nn.utils.clip_grad_norm_(net_params, config.clip_max_norm)
+            norm = torch.nn.utils.clip_grad_norm_(net_params, config.clip_max_norm)
+            if not self._finite(norm):
+                return self._skip(stage.name, f"gradient norm {norm.item()}")
         self.optimizers["net"].step()
         self.optimizers["aux"].step()
         self.scheduler.step()
         self.step += 1
+        self.skipped_in_a_row = 0
         return {k: v.item() for k, v in losses.items()}
+
+    def _finite(self, value: Tensor) -> bool:
+        """Whether ``value`` is finite on every rank (so that all skip together)."""
+        finite = torch.isfinite(value.detach()).all().float().reshape(1)
+        if self.world_size > 1:
+            dist.all_reduce(finite, op=dist.ReduceOp.MIN)
+        return bool(finite.item())
+
+    def _skip(self, stage: str, what: str) -> dict[str, float]:
+        """Counts a step whose loss or gradient is not finite without updating
+        the weights (one rare batch, e.g. a reconstruction overflowing); many
+        in a row mean the run has diverged."""
+        self.skipped_in_a_row += 1
+        if self.skipped_in_a_row >= MAX_SKIPPED_IN_A_ROW:
+            raise FloatingPointError(
+                f"{what} at step {self.step + 1}, not finite for {MAX_SKIPPED_IN_A_ROW} steps in a row: "
+                "training diverged (the checkpoints written before are kept; lower the learning rate)"
+            )
+        if self.is_main:
+            self._log({"step": self.step + 1, "stage": stage, "skipped": what})
+        for optimizer in self.optimizers.values():
+            optimizer.zero_grad(set_to_none=True)
+        self._position_schedule(self.step + 1)
+        return {}
 
     def _handle_signal(self, signum: int, frame: Any) -> None:
         self._stop_signal = signum
@@ -411,7 +441,7 @@ class DistillationTrainer:
                     parts = self._train_step(x)
                     for k, v in parts.items():
                         window[k] += v
-                    window_steps += 1
+                    window_steps += bool(parts)
                     stage = config.stage_at(self.step - 1)[0].name
                     bar.update(1)
                     bar.set_postfix(
@@ -425,9 +455,10 @@ class DistillationTrainer:
                         record["it_per_s"] = window_steps / elapsed
                         self._log(record)
                         window, window_steps, window_start = defaultdict(float), 0, time.perf_counter()
-                    if self.step % config.val_every == 0 and not done:
+                    healthy = self.skipped_in_a_row == 0
+                    if self.step % config.val_every == 0 and not done and healthy:
                         self._validate()
-                    if self.step % config.checkpoint_every == 0 and not done:
+                    if self.step % config.checkpoint_every == 0 and not done and healthy:
                         self.save_checkpoint()
                     if self._should_stop():
                         self.save_checkpoint()

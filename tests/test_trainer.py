@@ -200,6 +200,25 @@ def max_difference(a: dict, b: dict) -> float:
     return max((a[k] - b[k]).abs().max().item() for k in a if a[k].is_floating_point() and a[k].numel())
 
 
+def test_one_non_finite_batch_is_skipped_and_logged(data, tmp_path):
+    trainer = DistillationTrainer(tiny_config(data, teacher=None), tmp_path, progress=False)
+    objective, calls = trainer.model, []
+
+    def overflowing_third_batch(*args):
+        losses = objective(*args)
+        calls.append(1)
+        if len(calls) == 3:  # a reconstruction that overflows, as once seen at step 32,524
+            losses["loss"] = losses["loss"] * float("inf")
+        return losses
+
+    trainer.model = overflowing_third_batch
+    assert trainer.train()["step"] == 6
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    skipped = [r for r in records if "skipped" in r]
+    assert [(r["step"], r["skipped"]) for r in skipped] == [(3, "loss inf")]
+    assert all(torch.isfinite(v).all() for v in final_student(tmp_path).values() if v.is_floating_point())
+
+
 def test_divergence_stops_the_run_before_it_checkpoints_garbage(data, tmp_path):
     config = tiny_config(data, teacher=None, checkpoint_every=1)
     trainer = DistillationTrainer(config, tmp_path, progress=False)
