@@ -284,6 +284,15 @@ class DistillationTrainer:
             optimizer.load_state_dict(checkpoint["optimizers"][key])
         self.scheduler.load_state_dict(checkpoint["scheduler"])
         self.step = checkpoint["step"]
+        # the learning rate of this config's schedule (a resumed run may have changed it), as
+        # LambdaLR computes it: else the first step would run at the checkpoint's
+        for group, base_lr, factor in zip(
+            self.optimizers["net"].param_groups,
+            self.scheduler.base_lrs,
+            self.scheduler.lr_lambdas,
+            strict=True,
+        ):
+            group["lr"] = base_lr * factor(self.step)
         self.best_val_loss = checkpoint["best_val_loss"]
         torch.set_rng_state(checkpoint["rng"]["torch"])
         random.setstate(checkpoint["rng"]["python"])

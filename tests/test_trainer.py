@@ -200,6 +200,15 @@ def max_difference(a: dict, b: dict) -> float:
     return max((a[k] - b[k]).abs().max().item() for k in a if a[k].is_floating_point() and a[k].numel())
 
 
+def test_resuming_with_a_changed_schedule_runs_its_next_step_at_the_new_rate(data, tmp_path):
+    first = tiny_config(data, teacher=None, stages=[Stage("rd", 2, 1e-4, 0.0, 0.0)])
+    DistillationTrainer(first, tmp_path, progress=False).train()
+    longer = replace(first, stages=[Stage("rd", 2, 1e-4, 0.0, 0.0), Stage("lower", 2, 3e-5, 0.0, 0.0)])
+    resumed = DistillationTrainer(longer, tmp_path, resume=True, progress=False)
+    assert resumed.step == 2
+    assert resumed.optimizers["net"].param_groups[0]["lr"] == pytest.approx(3e-5)
+
+
 def test_one_non_finite_batch_is_skipped_and_logged(data, tmp_path):
     trainer = DistillationTrainer(tiny_config(data, teacher=None), tmp_path, progress=False)
     objective, calls = trainer.model, []
