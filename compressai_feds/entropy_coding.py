@@ -131,6 +131,9 @@ def _decode_checked(model: GaussianConditional, strings: list[bytes], indexes: T
     decodes them (its rANS coder and CDF tables), each string re-encoded from the
     very lists the decoder used and compared with it (:func:`check_reencodes`):
     the check costs one rANS encode, not a second conversion of every symbol."""
+    model._check_cdf_size()  # CompressAI's own errors for a model whose update() never ran
+    model._check_cdf_length()
+    model._check_offsets_size()
     tables = (
         model._quantized_cdf.tolist(),
         model._cdf_length.reshape(-1).int().tolist(),
