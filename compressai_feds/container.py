@@ -6,7 +6,7 @@ All integers are big-endian. Strings are ASCII, prefixed by their length (1 byte
 field          bytes     meaning
 =============  ========  ====================================================
 magic          4         ``FEDS``
-version        1         format version, currently 2 (1: float entropy path, refused)
+version        1         format version, currently 3 (1: float path; 2: 16-bit fixed point; refused)
 architecture   1 + n     e.g. ``feds-student``
 metric         1 + n     ``mse`` or ``ms-ssim``
 mode           1 + n     PIL mode of the original image (``RGB``, ``L``, ...)

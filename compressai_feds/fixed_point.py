@@ -9,8 +9,8 @@ of a scale-table boundary desynchronises rANS and the rest of the image is
 garbage. Here those networks (hyper-synthesis, channel context, entropy
 parameters, latent residual prediction) are evaluated on integers:
 
-* activations live on a grid of ``2**-FRACTION_BITS``, clamped to
-  ``±ACTIVATION_LIMIT`` grid steps;
+* activations are int32 steps of a grid of ``2**-FRACTION_BITS``, clamped
+  to ``±ACTIVATION_LIMIT``;
 * each output channel's weights are scaled by a power of two to at most
   ``WEIGHT_LIMIT`` and rounded to 8-bit integers; biases are rounded to the
   accumulator's grid;
@@ -52,13 +52,15 @@ DIGIT_BASE = 256
 
 
 def to_grid(x: Tensor) -> Tensor:
-    """Float values to integer grid steps (held in float64), clamped."""
-    return torch.round(x.double() * GRID).clamp_(-ACTIVATION_LIMIT, ACTIVATION_LIMIT)
+    """Finite float32 values to int32 grid steps, rounded half to even and
+    clamped (scaling a float by a power of two is exact)."""
+    return torch.round(x.float() * GRID).clamp_(-ACTIVATION_LIMIT, ACTIVATION_LIMIT).to(torch.int32)
 
 
 def from_grid(a: Tensor) -> Tensor:
-    """Grid steps back to float32 values, exactly (``|a| <= 2**22`` fits float32)."""
-    return (a / GRID).float()
+    """Grid steps back to float32 values, exactly (``|a| <= 2**22`` fits float32
+    and ``GRID`` is a power of two)."""
+    return a.float().div_(GRID)
 
 
 def _repunit(count: int) -> int:
@@ -68,7 +70,7 @@ def _repunit(count: int) -> int:
 
 
 def _digits(values: Tensor) -> list[Tensor]:
-    """Integer-valued ``values`` (``|values| <= ACTIVATION_LIMIT``) as balanced
+    """int32 ``values`` (``|values| <= ACTIVATION_LIMIT``) as balanced
     base-256 digits in ``[-128, 127]``, int8, least significant first:
     ``values == sum(digits[i] * 256**i)``; as many as the largest value needs.
 
@@ -81,7 +83,7 @@ def _digits(values: Tensor) -> list[Tensor]:
     while not -128 * _repunit(count) <= low <= high <= 127 * _repunit(count):
         count += 1
     offset = 128 * _repunit(count)
-    shifted = values.to(torch.int32) + offset
+    shifted = values + offset
     return [((shifted >> (8 * i)) & 255).sub_(128).to(torch.int8) for i in range(count)]
 
 
@@ -123,7 +125,7 @@ class FixedPointConv(nn.Module):
         if bound.max() >= EXACT_LIMIT:
             raise ValueError(f"fixed-point sums could reach {bound.max():.3g}, beyond exact float64 integers")
         kernel = self.kernel_size[0]
-        # stride 1 and "same" padding: one product per kernel tap, on shifted views
+        # stride 1 and "same" padding: the columns are shifted views of the padded digits, stacked
         self.shifted = (
             not self.transposed
             and self.stride == (1, 1)
@@ -133,8 +135,8 @@ class FixedPointConv(nn.Module):
         )
         if self.transposed:  # (out·kh·kw, in): one column block per input pixel, for ``fold``
             matrix = weight.permute(0, 2, 3, 1).reshape(-1, weight.size(1))
-        elif self.shifted:  # (kh·kw, out, in)
-            matrix = weight.permute(2, 3, 0, 1).reshape(kernel * kernel, weight.size(0), weight.size(1))
+        elif self.shifted:  # (out, kh·kw·in): the order of the stacked shifted views
+            matrix = weight.permute(0, 2, 3, 1).reshape(weight.size(0), -1)
         else:  # (out, in·kh·kw): the order of ``unfold``
             matrix = weight.reshape(weight.size(0), -1)
         self.register_buffer("weight", weight, persistent=False)
@@ -151,12 +153,6 @@ class FixedPointConv(nn.Module):
             acc.add_(product(digit), alpha=DIGIT_BASE**i)
         return acc
 
-    def _shifted_product(self, digit: Tensor, starts: list[int], length: int) -> Tensor:
-        acc = torch._int_mm(self.matrix[0], digit[:, starts[0] : starts[0] + length])
-        for tap, start in enumerate(starts[1:], start=1):
-            acc += torch._int_mm(self.matrix[tap], digit[:, start : start + length])
-        return acc
-
     def _convolve(self, image: Tensor) -> Tensor:
         """The integer sums of one ``(C, H, W)`` image, before rescaling."""
         channels, height, width = image.shape
@@ -165,10 +161,13 @@ class FixedPointConv(nn.Module):
             pad = kernel // 2
             padded_width = width + 2 * pad
             # +1 row: the last tap's slice; columns beyond the width are dropped at the end
-            flat = F.pad(image, (pad, pad, pad, pad + 1)).reshape(channels, -1)
+            digits = [F.pad(d, (pad, pad, pad, pad + 1)).reshape(channels, -1) for d in _digits(image)]
             length = height * padded_width
             starts = [(tap // kernel) * padded_width + tap % kernel for tap in range(kernel * kernel)]
-            acc = self._product(_digits(flat), lambda d: self._shifted_product(d, starts, length))
+            acc = self._product(
+                digits,
+                lambda d: torch._int_mm(self.matrix, torch.cat([d[:, i : i + length] for i in starts])),
+            )
             return acc.view(-1, height, padded_width)[..., :width]
         if self.transposed:
             size = [
@@ -190,13 +189,16 @@ class FixedPointConv(nn.Module):
             (n + 2 * p - k) // s + 1
             for n, s, p, k in zip((height, width), self.stride, self.padding, self.kernel_size, strict=True)
         ]
-        columns = F.unfold(image, self.kernel_size, padding=self.padding, stride=self.stride)
+        # (unfold has no integer kernel; float64 holds the int32 values exactly)
+        columns = F.unfold(image.double(), self.kernel_size, padding=self.padding, stride=self.stride)
+        columns = columns.to(torch.int32)
         return self._product(_digits(columns), lambda d: torch._int_mm(self.matrix, d)).view(-1, *size)
 
     def forward(self, a: Tensor) -> Tensor:
-        acc = torch.stack([self._convolve(image) for image in a])
+        acc = self._convolve(a[0])[None] if len(a) == 1 else torch.stack([self._convolve(i) for i in a])
         # multiplying by a power of two is exact; rounding is half to even
-        return acc.add_(self.bias).mul_(self.rescale).round_().clamp_(-ACTIVATION_LIMIT, ACTIVATION_LIMIT)
+        acc.add_(self.bias).mul_(self.rescale).round_().clamp_(-ACTIVATION_LIMIT, ACTIVATION_LIMIT)
+        return acc.to(torch.int32)
 
 
 @cache
@@ -223,13 +225,11 @@ class FixedPointTable(nn.Module):
         if name not in ("gelu", "half_tanh"):
             raise ValueError(f"no fixed-point table for {name!r}")
         self.name = name
-        self.register_buffer(
-            "table", torch.tensor(_table_values(name), dtype=torch.float64), persistent=False
-        )
+        self.register_buffer("table", torch.tensor(_table_values(name), dtype=torch.int32), persistent=False)
 
     def forward(self, a: Tensor) -> Tensor:
         steps = (len(self.table) - 1) // 2
-        out = self.table.index_select(0, (a.clamp(-steps, steps) + steps).long().flatten()).view_as(a)
+        out = self.table.index_select(0, a.clamp(-steps, steps).add_(steps).flatten()).view_as(a)
         if self.name == "gelu":
             return torch.where(a > steps, a, out)
         return out  # the table's ends are already ±0.5

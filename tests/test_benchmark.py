@@ -22,9 +22,10 @@ def test_entropy_path_comparison_codes_three_ways(tmp_path, capsys):
     images = sample_crops(tmp_path / "images", size=64, count=1)
     report = main([str(images), "--entropy-path"])
     for row in report["models"].values():
-        for variant in (row, row["unchecked"], row["float_path"]):
-            assert variant["decode_s"] > 0 and variant["bpp"] > 0
-        assert row["unchecked"]["bpp"] == row["bpp"]  # the check changes no bit
+        paths = row["entropy_paths"]
+        assert set(paths) == {"exact", "unchecked", "float_path"}
+        assert all(path["decode_s"] > 0 and path["bpp"] > 0 for path in paths.values())
+        assert paths["exact"]["bpp"] == paths["unchecked"]["bpp"] == row["bpp"]  # the check changes no bit
     assert "without the re-encoding check" in capsys.readouterr().out
     assert VERIFY_DECODING["enabled"]  # restored
 
