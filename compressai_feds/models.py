@@ -74,6 +74,8 @@ def _check_image(x: Any) -> None:
         raise ValueError(f"expected an RGB image batch of shape (B, 3, H, W), got {shape}")
     if not x.is_floating_point():
         raise ValueError(f"expected a float image in [0, 1], got dtype {x.dtype}")
+    if x.numel() == 0:
+        raise ValueError(f"expected a non-empty image batch, got shape {tuple(x.shape)}")
 
 
 class FEDSCodec(SimpleVAECompressionModel):
@@ -236,6 +238,8 @@ class FEDSCodec(SimpleVAECompressionModel):
                 f"one for the hyper-latent), got {len(strings)}"
             )
         height, width = (int(s) for s in shape)
+        if height <= 0 or width <= 0:  # (CompressAI's rANS coder crashes on an empty latent)
+            raise ValueError(f"expected a positive image size (height, width), got {tuple(shape)}")
         pad, _ = compute_padding(height, width, min_div=PAD_MULTIPLE)
         y_size = ((height + pad[2] + pad[3]) // 16, (width + pad[0] + pad[1]) // 16)
         latent_shape = {

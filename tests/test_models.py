@@ -131,6 +131,8 @@ def test_aux_loss_and_update(student):
         (torch.rand(1, 1, 32, 32), r"shape \(B, 3, H, W\)"),
         (torch.zeros(1, 3, 32, 32, dtype=torch.uint8), "float image"),
         ("image.png", "got str"),
+        (torch.rand(1, 3, 0, 32), "non-empty"),
+        (torch.rand(0, 3, 32, 32), "non-empty"),
     ],
 )
 def test_bad_images_are_refused_with_a_message(student, bad, message):
@@ -144,3 +146,10 @@ def test_wrong_number_of_bitstreams_is_refused(student):
     enc = student.compress(torch.rand(1, 3, 32, 32))
     with pytest.raises(ValueError, match="expected 3 bitstreams"):
         student.decompress(enc["strings"][:-1], enc["shape"])
+
+
+@pytest.mark.parametrize("shape", [(0, 0), (32, 0), (-5, 32)])
+def test_empty_or_negative_decode_size_is_refused(student, shape):
+    enc = student.compress(torch.rand(1, 3, 32, 32))
+    with pytest.raises(ValueError, match="positive image size"):
+        student.decompress(enc["strings"], shape)
