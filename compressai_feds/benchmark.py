@@ -98,7 +98,7 @@ def compare_entropy_paths(
     alike: per path, the median over images of the best of ``repeats`` encode
     and decode times, the mean bpp and PSNR."""
     paths = list(ENTROPY_PATHS)
-    best = {path: {"encode_s": [], "decode_s": [], "bpp": [], "psnr": []} for path in paths}
+    per_image = {path: {"encode_s": [], "decode_s": [], "bpp": [], "psnr": []} for path in paths}
     try:
         for x in tqdm(images, desc=f"{name} entropy paths", unit="img", leave=False):
             runs: dict[str, list[tuple[float, float]]] = {path: [] for path in paths}
@@ -111,11 +111,11 @@ def compare_entropy_paths(
                     x_hat = net.decompress(enc["strings"], enc["shape"])["x_hat"]
                     runs[path].append((encoded - start, time.perf_counter() - encoded))
                     if repeat == 0:
-                        best[path]["bpp"].append(bits_per_pixel(enc["strings"], x))
-                        best[path]["psnr"].append(psnr(x, x_hat))
+                        per_image[path]["bpp"].append(bits_per_pixel(enc["strings"], x))
+                        per_image[path]["psnr"].append(psnr(x, x_hat))
             for path, times in runs.items():
-                best[path]["encode_s"].append(min(t[0] for t in times))
-                best[path]["decode_s"].append(min(t[1] for t in times))
+                per_image[path]["encode_s"].append(min(t[0] for t in times))
+                per_image[path]["decode_s"].append(min(t[1] for t in times))
     finally:
         net.exact_entropy_path, VERIFY_DECODING["enabled"] = True, True
     return {
@@ -125,7 +125,7 @@ def compare_entropy_paths(
             "bpp": sum(row["bpp"]) / len(row["bpp"]),
             "psnr": sum(row["psnr"]) / len(row["psnr"]),
         }
-        for path, row in best.items()
+        for path, row in per_image.items()
     }
 
 
