@@ -128,11 +128,15 @@ def _learned_setting(codec, label: str) -> Setting:
 
 
 def learned_codecs(
-    architectures: list[str], qualities: list[int], checkpoints: list[Path], untrained: bool = False
+    architectures: list[str],
+    qualities: list[int],
+    checkpoints: list[Path],
+    untrained: bool = False,
+    label: str = "checkpoints",
 ) -> tuple[list[CodecRun], list[str]]:
     """Our codecs: each architecture at each quality from the zoo (or untrained
-    weights), and the checkpoints given as one more curve. Returns the runs and
-    one note per quality skipped for want of a checkpoint."""
+    weights), and the checkpoints given as one more curve named ``label``.
+    Returns the runs and one note per quality skipped for want of a checkpoint."""
     from compressai.zoo import image_models
 
     from .codec import Codec, CodecError
@@ -165,7 +169,7 @@ def learned_codecs(
             except CodecError as exc:
                 raise ValueError(str(exc)) from None
             settings.append(_learned_setting(codec, path.name))
-        runs.append(CodecRun("checkpoints", "ours", settings))
+        runs.append(CodecRun(label, "ours", settings))
     return runs, notes
 
 
@@ -412,6 +416,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-a", "--architectures", nargs="*", default=["feds-student", "feds-teacher"])
     parser.add_argument("-q", "--qualities", default="1,2,3,4,5,6", help="comma-separated quality levels")
     parser.add_argument("--checkpoint", nargs="+", type=Path, default=[], help="checkpoints: one more curve")
+    parser.add_argument("--label", default="checkpoints", help="name of the --checkpoint curve")
     parser.add_argument(
         "--reference", type=Path, help=f"published curves (default: {DEFAULT_REFERENCE} if it exists)"
     )
@@ -430,7 +435,9 @@ def main(argv: list[str] | None = None) -> int:
             raise ValueError(f"qualities must be in 1..6, got {args.qualities}")
         paths = image_paths(args.images)
         images = [_load_rgb_image(p) for p in paths]
-        runs, notes = learned_codecs(args.architectures, qualities, args.checkpoint, args.untrained)
+        runs, notes = learned_codecs(
+            args.architectures, qualities, args.checkpoint, args.untrained, args.label
+        )
         if not args.no_classic:
             runs += classic_codecs()
         if not runs:

@@ -36,14 +36,15 @@ def test_report_codes_every_image_and_writes_results_tables_and_plot(setup, tmp_
     out = tmp_path / "report"
     command = [
         sys.executable, "-m", "compressai_feds.cli", "report", str(images), "-o", str(out), "-a",
-        "--checkpoint", *map(str, checkpoints), "--reference", str(root / "images"), "--no-progress",
+        "--checkpoint", *map(str, checkpoints), "--label", "no teacher", "--reference", str(root / "images"),
+        "--no-progress",
     ]  # fmt: skip
     result = subprocess.run(command, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert result.stderr == ""  # no warnings, no stray logging
     assert "## BD-rate" in result.stdout and "## Speed" in result.stdout
 
-    ours = json.loads((out / "results" / "checkpoints.json").read_text())
+    ours = json.loads((out / "results" / "no-teacher.json").read_text())
     assert ours["settings"] == [p.name for p in checkpoints]
     # the rate is the size of the .feds files, averaged over the images
     paths = sorted(images.iterdir())
@@ -61,7 +62,7 @@ def test_report_codes_every_image_and_writes_results_tables_and_plot(setup, tmp_
     assert all(a > b for a, b in zip(jpeg444["bpp"], jpeg["bpp"], strict=True))
 
     report = (out / "report.md").read_text()
-    assert "| checkpoints (measured) | | n/a (2 points) |" in report
+    assert "| no teacher (measured) | | n/a (2 points) |" in report
     assert "| AVIF (measured) | 10 | anchor |" in report
     jpeg_row = next(line for line in report.splitlines() if line.startswith("| JPEG 4:2:0 (measured) | 10 |"))
     assert float(jpeg_row.split("|")[3].split("%")[0]) > 0  # JPEG needs more bits than AVIF
