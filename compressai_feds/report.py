@@ -20,6 +20,8 @@ import argparse
 import io
 import json
 import math
+import re
+import shlex
 import sys
 import time
 from collections.abc import Callable
@@ -277,14 +279,7 @@ def _colour(name: str, ours: list[str]) -> str:
     return next((colour for family, colour in FAMILY_COLOURS.items() if key.startswith(family)), "black")
 
 
-def plot(runs: list[CodecRun], published: list[tuple[str, Curve]], output: Path, title: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    ours = [run.name for run in runs if run.kind == "ours"]
-    fig, ax = plt.subplots(figsize=(8, 6))
+def _draw_curves(ax, runs: list[CodecRun], published: list[tuple[str, Curve]], ours: list[str]) -> None:
     for run in runs:
         bpp = [p["bpp"] for p in run.points]
         psnr = [p["psnr-rgb"] for p in run.points]
@@ -312,15 +307,45 @@ def plot(runs: list[CodecRun], published: list[tuple[str, Curve]], output: Path,
             label=label,
             color=_colour(label, ours),
         )
+    ax.set(xlabel="bits per pixel", ylabel="PSNR RGB (dB)")
+    ax.grid(alpha=0.3)
+
+
+def plot(runs: list[CodecRun], published: list[tuple[str, Curve]], output: Path, title: str) -> None:
+    """The RD plot: every curve up to 2 bpp and, when our codecs were measured,
+    a second panel zoomed on the rates they span."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ours = [run.name for run in runs if run.kind == "ours"]
+    ours_points = [p for run in runs if run.kind == "ours" for p in run.points]
+    fig, axes = plt.subplots(1, 2 if ours_points else 1, figsize=(15 if ours_points else 8, 6), squeeze=False)
+    for ax in axes[0]:
+        _draw_curves(ax, runs, published, ours)
+    full = axes[0][0]
     measured_bpp = [p["bpp"] for run in runs for p in run.points]
     if measured_bpp:
-        ax.set_xlim(0, min(max(measured_bpp) * 1.05, 2.0))
-    ax.set(xlabel="bits per pixel", ylabel="PSNR RGB (dB)", title=title)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="lower right")
+        full.set_xlim(0, min(max(measured_bpp) * 1.05, 2.0))
+    full.set_title(title)
+    full.legend(fontsize=8, loc="lower right")
+    if ours_points:
+        zoom = axes[0][1]
+        low, high = min(p["bpp"] for p in ours_points), max(p["bpp"] for p in ours_points)
+        psnr = [p["psnr-rgb"] for p in ours_points]
+        zoom.set_xlim(low / 1.5, high * 1.5)
+        zoom.set_ylim(min(psnr) - 3, max(psnr) + 4)
+        zoom.set_title("zoomed on our codecs' rates")
     fig.tight_layout()
     fig.savefig(output, dpi=110)
     plt.close(fig)
+
+
+def _file_name(name: str) -> str:
+    """A codec's name as a file name: ``JPEG 4:2:0`` -> ``jpeg-420``,
+    ``feds-student, no teacher`` -> ``feds-student-no-teacher``."""
+    return re.sub(r"[^a-z0-9.+]+", "-", name.lower().replace(":", "")).strip("-")
 
 
 def write_report(
@@ -335,8 +360,7 @@ def write_report(
     results = out / "results"
     results.mkdir(parents=True, exist_ok=True)
     for run in runs:
-        slug = run.name.lower().replace(" ", "-").replace(":", "").replace("(", "").replace(")", "")
-        (results / f"{slug}.json").write_text(json.dumps(run.results(), indent=2) + "\n")
+        (results / f"{_file_name(run.name)}.json").write_text(json.dumps(run.results(), indent=2) + "\n")
     plot(runs, published, out / "rd.png", f"{len(images)} images from {images[0].parent.name}/")
 
     curves: list[tuple[str, Curve | str]] = [
@@ -453,7 +477,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"note: {note}", file=sys.stderr)
     measure(runs, images, progress=not args.no_progress)
     text = write_report(
-        runs, published, args.output, paths, notes, "compressai-feds report " + " ".join(argv)
+        runs, published, args.output, paths, notes, "compressai-feds report " + shlex.join(argv)
     )
     print(text.split("## Points")[0].rstrip())
     print(f"\nwrote {args.output / 'report.md'}, {args.output / 'rd.png'}, {args.output / 'results'}/")

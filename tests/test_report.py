@@ -63,6 +63,7 @@ def test_report_codes_every_image_and_writes_results_tables_and_plot(setup, tmp_
 
     report = (out / "report.md").read_text()
     assert "| no teacher (measured) | | n/a (2 points) |" in report
+    assert "--label 'no teacher'" in report  # the command as a shell would take it
     assert "| AVIF (measured) | 10 | anchor |" in report
     jpeg_row = next(line for line in report.splitlines() if line.startswith("| JPEG 4:2:0 (measured) | 10 |"))
     assert float(jpeg_row.split("|")[3].split("%")[0]) > 0  # JPEG needs more bits than AVIF
