@@ -55,6 +55,12 @@ class TrainingConfig:
     from), ``teacher`` the model distilled from (a zoo name, trained weights
     from the zoo at ``quality``, or a checkpoint; ``None`` trains without
     distillation, on rate-distortion alone, with the same stage schedule).
+
+    ``restart_warmup``: when a run continues mid-schedule from weights alone
+    (``start_step``, fresh optimizers), its learning rate ramps up linearly
+    over this many steps. Adam's first steps, without moment estimates, move
+    every weight by about the full learning rate: restarted that way, the
+    teacher's validation RD loss jumped from 1.259 to 1.352 within 2 steps.
     """
 
     data: str = ""
@@ -84,6 +90,7 @@ class TrainingConfig:
     log_every: int = 10
     checkpoint_every: int = 200
     val_every: int = 1000
+    restart_warmup: int = 0
 
     def __post_init__(self) -> None:
         self.stages = [Stage(**s) if isinstance(s, dict) else s for s in self.stages]
@@ -98,6 +105,8 @@ class TrainingConfig:
             raise ValueError(f"unknown feature names {sorted(unknown)}; choose from {FEATURE_NAMES}")
         if not self.stages or any(s.steps < 0 for s in self.stages):
             raise ValueError("stages must be a non-empty list with non-negative steps")
+        if self.restart_warmup < 0:
+            raise ValueError(f"restart_warmup must be >= 0, got {self.restart_warmup}")
 
     @property
     def total_steps(self) -> int:

@@ -241,9 +241,10 @@ class DistillationTrainer:
                 "aux": {"type": "Adam", "lr": config.aux_lr},
             },
         )
+        self.restarted_at: int | None = None  # where fresh optimizers took over mid-schedule
         base_lr = config.stages[0].lr
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizers["net"], lambda step: config.lr_at(step) / base_lr
+            self.optimizers["net"], lambda step: self.lr_at(step) / base_lr
         )
         self.step = 0
         self.skipped_in_a_row = 0
@@ -261,6 +262,14 @@ class DistillationTrainer:
     def student(self) -> nn.Module:
         return self.objective.student
 
+    def lr_at(self, step: int) -> float:
+        """The schedule's learning rate at ``step``; after a restart from weights
+        alone, ramped up linearly over ``config.restart_warmup`` steps."""
+        lr = self.config.lr_at(step)
+        if self.restarted_at is not None and self.config.restart_warmup:
+            lr *= min(1.0, (step - self.restarted_at + 1) / self.config.restart_warmup)
+        return lr
+
     # -- checkpoints ---------------------------------------------------------
 
     def _state(self) -> dict[str, Any]:
@@ -273,6 +282,7 @@ class DistillationTrainer:
             "step": self.step,
             "stage": self.config.stage_at(self.step)[0].name,
             "best_val_loss": self.best_val_loss,
+            "restarted_at": self.restarted_at,
             "rng": {"torch": torch.get_rng_state(), "python": random.getstate()},
             "config": self.config.to_dict(),
         }
@@ -284,6 +294,7 @@ class DistillationTrainer:
             optimizer.load_state_dict(checkpoint["optimizers"][key])
         self.scheduler.load_state_dict(checkpoint["scheduler"])
         self.step = checkpoint["step"]
+        self.restarted_at = checkpoint.get("restarted_at")
         # the learning rate of this config's schedule (a resumed run may have changed it), as
         # LambdaLR computes it: else the first step would run at the checkpoint's
         for group, base_lr, factor in zip(
@@ -300,7 +311,9 @@ class DistillationTrainer:
             _truncate_metrics(self.out_dir / METRICS, self.step)
 
     def _start_at(self, step: int) -> None:
-        """Positions the schedule at ``step``, as if the steps before it had run."""
+        """Positions the schedule at ``step``, as if the steps before it had run,
+        with the learning rate warming up again (``config.restart_warmup``)."""
+        self.restarted_at = step
         self._position_schedule(step)
         if self.is_main:
             _truncate_metrics(self.out_dir / METRICS, step)
@@ -309,7 +322,7 @@ class DistillationTrainer:
         self.step = step
         self.scheduler.last_epoch = step
         for group in self.optimizers["net"].param_groups:
-            group["lr"] = self.config.lr_at(step)
+            group["lr"] = self.lr_at(step)
 
     def save_checkpoint(self) -> None:
         if self.is_main:

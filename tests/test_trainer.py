@@ -209,6 +209,36 @@ def test_resuming_with_a_changed_schedule_runs_its_next_step_at_the_new_rate(dat
     assert resumed.optimizers["net"].param_groups[0]["lr"] == pytest.approx(3e-5)
 
 
+def test_a_restart_from_weights_alone_warms_its_learning_rate_up(data, tmp_path):
+    stages = [Stage("rd", 2, 1e-4, 0.0, 0.0), Stage("lower", 4, 3e-5, 0.0, 0.0)]
+    config = tiny_config(data, teacher=None, stages=stages, restart_warmup=3, val_every=100)
+    trainer = DistillationTrainer(config, tmp_path, start_step=1, progress=False)
+    assert trainer.optimizers["net"].param_groups[0]["lr"] == pytest.approx(1e-4 / 3)  # step 1's
+    trainer.train()
+    logged = {r["step"]: r["lr"] for r in map(json.loads, (tmp_path / "metrics.jsonl").open()) if "lr" in r}
+    # logged with each step: the rate of the step after it; 3e-5 from step 2, ramped over steps 1..3
+    assert logged[2] == pytest.approx(3e-5 * 2 / 3) and logged[3] == pytest.approx(3e-5)
+    assert logged[5] == pytest.approx(3e-5)
+    # without a restart (a fresh run, or a resume with the optimizers' state) there is no ramp
+    fresh = DistillationTrainer(replace(config, restart_warmup=3), tmp_path / "fresh", progress=False)
+    assert fresh.optimizers["net"].param_groups[0]["lr"] == pytest.approx(1e-4)
+
+
+def test_a_resumed_run_continues_the_warm_up_of_its_restart(data, tmp_path):
+    stages = [Stage("rd", 8, 1e-4, 0.0, 0.0)]
+    config = tiny_config(
+        data, teacher=None, stages=stages, restart_warmup=4, val_every=100, checkpoint_every=3
+    )
+    trainer = DistillationTrainer(
+        replace(config, stages=[Stage("rd", 4, 1e-4, 0.0, 0.0)]), tmp_path, start_step=2
+    )
+    trainer.progress = False
+    trainer.train()  # steps 2, 3 of the ramp; checkpoint at step 4
+    resumed = DistillationTrainer(config, tmp_path, resume=True, progress=False)
+    assert resumed.step == 4 and resumed.restarted_at == 2
+    assert resumed.optimizers["net"].param_groups[0]["lr"] == pytest.approx(1e-4 * 3 / 4)
+
+
 def test_one_non_finite_batch_is_skipped_and_logged(data, tmp_path):
     trainer = DistillationTrainer(tiny_config(data, teacher=None), tmp_path, progress=False)
     objective, calls = trainer.model, []
