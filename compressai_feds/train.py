@@ -40,6 +40,11 @@ def build_parser() -> argparse.ArgumentParser:
         default=0,
         help="start the schedule at this step (continuing a run from its weights alone: --student CKPT)",
     )
+    parser.add_argument(
+        "--restart-warmup",
+        type=int,
+        help="with --start-step: ramp the learning rate up linearly over this many steps",
+    )
     parser.add_argument("--data", help="folder of training photographs (any RGB/grayscale/RGBA images)")
     parser.add_argument("--val", help="folder of a few full images for validation")
     parser.add_argument(
@@ -104,6 +109,7 @@ def config_from_args(args: argparse.Namespace) -> TrainingConfig:
             "cache_images",
             "fast",
             "noise_quantization",
+            "restart_warmup",
         )  # fmt: skip
         if getattr(args, key) is not None
     }

@@ -179,6 +179,13 @@ def test_cli_reports_bad_arguments_without_traceback(tmp_path):
         text=True,
     )
     assert result.returncode == 2 and "nothing to resume" in result.stderr
+    result = subprocess.run(
+        [sys.executable, "-m", "compressai_feds.train", "--out", str(tmp_path), "--data", str(tmp_path),
+         "--restart-warmup", "-1"],
+        capture_output=True,
+        text=True,
+    )  # fmt: skip
+    assert result.returncode == 2 and result.stderr.strip() == "error: restart_warmup must be >= 0, got -1"
 
 
 def test_two_process_ddp_matches_one_process(data, tmp_path):
