@@ -45,6 +45,11 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         help="with --start-step: ramp the learning rate up linearly over this many steps",
     )
+    parser.add_argument(
+        "--warmup",
+        type=int,
+        help="ramp the learning rate up linearly over the run's first steps (fine-tuning trained weights)",
+    )
     parser.add_argument("--data", help="folder of training photographs (any RGB/grayscale/RGBA images)")
     parser.add_argument("--val", help="folder of a few full images for validation")
     parser.add_argument(
@@ -110,6 +115,7 @@ def config_from_args(args: argparse.Namespace) -> TrainingConfig:
             "fast",
             "noise_quantization",
             "restart_warmup",
+            "warmup",
         )  # fmt: skip
         if getattr(args, key) is not None
     }

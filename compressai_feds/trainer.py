@@ -263,9 +263,12 @@ class DistillationTrainer:
         return self.objective.student
 
     def lr_at(self, step: int) -> float:
-        """The schedule's learning rate at ``step``; after a restart from weights
-        alone, ramped up linearly over ``config.restart_warmup`` steps."""
+        """The schedule's learning rate at ``step``, ramped up linearly over the
+        first ``config.warmup`` steps and, after a restart from weights alone,
+        over ``config.restart_warmup`` steps from the restart."""
         lr = self.config.lr_at(step)
+        if self.config.warmup:
+            lr *= min(1.0, (step + 1) / self.config.warmup)
         if self.restarted_at is not None and self.config.restart_warmup:
             lr *= min(1.0, (step - self.restarted_at + 1) / self.config.restart_warmup)
         return lr

@@ -231,6 +231,21 @@ def test_a_restart_from_weights_alone_warms_its_learning_rate_up(data, tmp_path)
     assert fresh.optimizers["net"].param_groups[0]["lr"] == pytest.approx(1e-4)
 
 
+def test_a_fine_tune_warms_its_learning_rate_up_from_step_0(data, tmp_path):
+    stages = [Stage("rd", 3, 1e-4, 0.0, 0.0), Stage("lower", 3, 3e-5, 0.0, 0.0)]
+    trainer = DistillationTrainer(
+        tiny_config(data, teacher=None, stages=stages, warmup=4, val_every=100), tmp_path, progress=False
+    )
+    assert trainer.optimizers["net"].param_groups[0]["lr"] == pytest.approx(1e-4 / 4)
+    trainer.train()
+    logged = {r["step"]: r["lr"] for r in map(json.loads, (tmp_path / "metrics.jsonl").open()) if "lr" in r}
+    # logged with each step: the rate of the step after it (steps 0..3 ramped)
+    assert logged[1] == pytest.approx(1e-4 * 2 / 4) and logged[3] == pytest.approx(3e-5 * 4 / 4)
+    assert logged[2] == pytest.approx(1e-4 * 3 / 4)
+    with pytest.raises(ValueError, match="^warmup must be >= 0, got -1$"):
+        tiny_config(data, warmup=-1)
+
+
 def test_a_resumed_run_continues_the_warm_up_of_its_restart(data, tmp_path):
     stages = [Stage("rd", 8, 1e-4, 0.0, 0.0)]
     config = tiny_config(
