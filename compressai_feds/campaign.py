@@ -24,7 +24,8 @@ prefix>.pth.tar`` (weights in float16 with ``"storage": "fp16"``) whenever it
 finishes or stops, and every ``export_minutes`` while it runs;
 ``ZOO/training/<job>/`` keeps its config, ``metrics.jsonl``, learning-curve plot
 and ``state.json`` (status, step, wall time, threads, latest and best
-validation figures).
+validation figures); ``ZOO/training/validation.png`` draws every job's
+validation curve, a panel per quality.
 """
 
 from __future__ import annotations
@@ -50,7 +51,7 @@ from .data import find_images
 from .trainer import plot_metrics
 from .zoo import half_precision
 
-__all__ = ["Campaign", "Job", "Recipe", "split_validation"]
+__all__ = ["Campaign", "Job", "Recipe", "plot_validation", "split_validation"]
 
 DEFAULT_RECIPE = Path(__file__).resolve().parent.parent / "zoo" / "recipe.json"
 
@@ -356,6 +357,7 @@ class Campaign:
             best_val=best,
             updated=time.strftime("%Y-%m-%d %H:%M:%S"),
         )
+        plot_validation(self.recipe.jobs, self.zoo / "training", self.zoo / "training" / "validation.png")
         self._say(f"{job.name}: exported step {step} of {job.total_steps} ({status})")
 
     # -- the loop ------------------------------------------------------------
@@ -429,6 +431,48 @@ class Campaign:
             run.log.close()
             self.export(run.job, "stopped", time.monotonic() - run.started)
         running.clear()
+
+
+def plot_validation(jobs: list[Job], logs: Path, output: Path) -> None:
+    """Every job's validation RD loss against its steps, one panel per quality:
+    teachers, FEDS students and no-teacher students of a quality side by side."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    curves: dict[int, list[tuple[Job, list[int], list[float]]]] = {}
+    for job in jobs:
+        metrics = logs / job.name / "metrics.jsonl"
+        if not metrics.is_file():
+            continue
+        val = [r for r in map(json.loads, metrics.read_text().splitlines()) if "val" in r]
+        if val:
+            steps, losses = [r["step"] for r in val], [r["val"]["rd_loss"] for r in val]
+            curves.setdefault(job.quality, []).append((job, steps, losses))
+    if not curves:
+        return
+    qualities = sorted(curves)
+    columns = min(3, len(qualities))
+    rows = -(-len(qualities) // columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(4.5 * columns, 3.8 * rows), squeeze=False)
+    for ax in axes.flat[len(qualities) :]:
+        ax.remove()
+    for ax, quality in zip(axes.flat, qualities, strict=False):
+        best = min(min(losses) for _, _, losses in curves[quality])
+        for job, steps, losses in curves[quality]:
+            style = "-" if job.model == "feds-teacher" else ("--" if job.teacher is None else "-.")
+            ax.plot(steps, losses, style, marker="o", markersize=3, label=job.name)
+        ax.set(
+            xlabel="step", title=f"q{quality} (axis cut at 1.25x the best)", ylim=(0.98 * best, 1.25 * best)
+        )
+        ax.legend(fontsize="small")
+    for row in axes:
+        row[0].set_ylabel("validation RD loss")
+    fig.suptitle("solid: teacher, dash-dot: FEDS student, dashed: no-teacher student")
+    fig.tight_layout()
+    fig.savefig(output, dpi=100)
+    plt.close(fig)
 
 
 def build_parser() -> argparse.ArgumentParser:

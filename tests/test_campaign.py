@@ -13,7 +13,7 @@ import pytest
 import torch
 from helpers import run_python, sample_crops
 
-from compressai_feds.campaign import Recipe, split_validation
+from compressai_feds.campaign import Recipe, plot_validation, split_validation
 
 TINY_TEACHER = {"N": 32, "M": 64, "groups": [16, 48], "num_res_blocks": 1}
 TINY_STUDENT = {"N": 16, "M": 32, "groups": [8, 24], "num_res_blocks": 1}
@@ -154,6 +154,21 @@ def stop_when_checkpointed(process: subprocess.Popen, checkpoint: Path, step: in
         time.sleep(0.1)
     process.send_signal(signal.SIGTERM)
     assert process.wait(timeout=300) == 0
+
+
+def test_validation_curves_are_drawn_a_panel_per_quality(campaign_dir):
+    recipe = Recipe.load(campaign_dir / "zoo" / "recipe.json")
+    logs, output = campaign_dir / "zoo" / "training", campaign_dir / "validation.png"
+    plot_validation(recipe.jobs, logs, output)
+    assert not output.exists()  # no job has validated yet: nothing to draw
+    for job, losses in (("teacher", [2.0, 1.5]), ("student", [2.2, 1.6]), ("student-q4", [3.1])):
+        (logs / job).mkdir(parents=True)
+        lines = [{"step": 1, "loss": 9.0}] + [
+            {"step": 2 * k, "val": {"rd_loss": v}} for k, v in enumerate(losses, 1)
+        ]
+        (logs / job / "metrics.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    plot_validation(recipe.jobs, logs, output)
+    assert output.read_bytes().startswith(b"\x89PNG")
 
 
 def test_campaign_stops_resumes_and_exports(campaign_dir, monkeypatch):
