@@ -49,7 +49,7 @@ import torch
 from .config import Stage, TrainingConfig
 from .data import find_images
 from .trainer import plot_metrics
-from .zoo import half_precision
+from .zoo import half_precision, shared_duplicates
 
 __all__ = ["Campaign", "Job", "Recipe", "plot_validation", "split_validation"]
 
@@ -321,14 +321,14 @@ class Campaign:
         update_model = importlib.import_module("compressai.utils.update_model.__main__")
         with tempfile.TemporaryDirectory(dir=folder) as tmp:
             update_model.main([str(checkpoint), "-a", job.model, "-n", name, "-d", tmp])
-            (new,) = Path(tmp).glob("*.pth.tar")
+            (updated,) = Path(tmp).glob("*.pth.tar")
+            state_dict = torch.load(updated, weights_only=True)
+            updated.unlink()
             if self.recipe.storage == "fp16":
-                unhashed = Path(tmp) / f"{name}.pth.tar"
-                torch.save(half_precision(torch.load(new, weights_only=True)), unhashed)
-                new.unlink()
-                new = unhashed.rename(
-                    unhashed.with_name(f"{name}-{update_model.sha256_file(unhashed)}.pth.tar")
-                )
+                state_dict = half_precision(state_dict)
+            unhashed = Path(tmp) / f"{name}.pth.tar"
+            torch.save(shared_duplicates(state_dict), unhashed)
+            new = unhashed.rename(unhashed.with_name(f"{name}-{update_model.sha256_file(unhashed)}.pth.tar"))
             for old in folder.glob(f"{name}-*.pth.tar"):
                 old.unlink()
             new.replace(folder / new.name)

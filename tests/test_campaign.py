@@ -207,6 +207,8 @@ def test_campaign_stops_resumes_and_exports(campaign_dir, monkeypatch):
     exported = torch.load(next((root / "zoo").glob("feds-teacher-mse-3-*.pth.tar")), weights_only=True)
     assert exported["g_a.0.0.weight"].dtype == torch.float16
     assert exported["latent_codec.y.latent_codec.y0.gaussian_conditional.scale_table"].dtype == torch.float32
+    cdfs = [exported[f"latent_codec.y.latent_codec.y{k}.gaussian_conditional._quantized_cdf"] for k in (0, 1)]
+    assert cdfs[0].data_ptr() == cdfs[1].data_ptr()  # the slices' equal CDF tables, stored once
 
     # the exports are zoo checkpoints, with hashes that check
     monkeypatch.setenv("COMPRESSAI_FEDS_ZOO", str(root / "zoo"))

@@ -7,7 +7,7 @@ import torch
 from helpers import run_python, sample_crops, train_briefly
 
 from compressai_feds import FEDSStudent, FEDSTeacher, feds_student, feds_teacher
-from compressai_feds.zoo import CHECKPOINT_DIR_ENV
+from compressai_feds.zoo import CHECKPOINT_DIR_ENV, shared_duplicates
 
 
 @pytest.fixture(scope="module")
@@ -120,3 +120,20 @@ def test_compressai_update_model_exports_the_teacher(tmp_path):
     assert torch.equal(
         net.decompress(enc["strings"], enc["shape"])["x_hat"], net.synthesize(enc["y_hat"], (64, 64))
     )
+
+
+def test_equal_tables_are_stored_once_and_load_back(tmp_path):
+    """Every slice's CDF table is the same: a file stores it once, and the model
+    loaded from it codes to the same bytes."""
+    torch.manual_seed(0)
+    net = FEDSTeacher(N=32, M=64, groups=(16, 16, 32), num_res_blocks=1).eval()
+    net.update(force=True)
+    state_dict = net.state_dict()
+    torch.save(state_dict, tmp_path / "plain.pth.tar")
+    torch.save(shared_duplicates(state_dict), tmp_path / "shared.pth.tar")
+    table = state_dict["latent_codec.y.latent_codec.y0.gaussian_conditional._quantized_cdf"]
+    saved = (tmp_path / "plain.pth.tar").stat().st_size - (tmp_path / "shared.pth.tar").stat().st_size
+    assert saved >= 2 * table.numel() * table.element_size()  # three slices, one table
+    loaded = FEDSTeacher.from_state_dict(torch.load(tmp_path / "shared.pth.tar", weights_only=True)).eval()
+    x = torch.rand(1, 3, 64, 64)
+    assert loaded.compress(x)["strings"] == net.compress(x)["strings"]
