@@ -440,6 +440,7 @@ def plot_validation(jobs: list[Job], logs: Path, output: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import FormatStrFormatter
 
     curves: dict[int, list[tuple[Job, list[int], list[float]]]] = {}
     for job in jobs:
@@ -460,12 +461,14 @@ def plot_validation(jobs: list[Job], logs: Path, output: Path) -> None:
         ax.remove()
     for ax, quality in zip(axes.flat, qualities, strict=False):
         best = min(min(losses) for _, _, losses in curves[quality])
+        worst = max(max(losses) for _, _, losses in curves[quality])
         for job, steps, losses in curves[quality]:
             style = "-" if job.model == "feds-teacher" else ("--" if job.teacher is None else "-.")
             ax.plot(steps, losses, style, marker="o", markersize=3, label=job.name)
-        ax.set(
-            xlabel="step", title=f"q{quality} (axis cut at 1.25x the best)", ylim=(0.98 * best, 1.25 * best)
-        )
+        ax.set(xlabel="step", title=f"q{quality} (log axis, cut at 2x the best)", yscale="log")
+        ax.set_ylim(0.98 * best, 1.02 * min(worst, 2 * best))
+        for axis_format in (ax.yaxis.set_major_formatter, ax.yaxis.set_minor_formatter):
+            axis_format(FormatStrFormatter("%.3g"))
         ax.legend(fontsize="small")
     for row in axes:
         row[0].set_ylabel("validation RD loss")
