@@ -20,7 +20,8 @@ Nothing is lost when the campaign is stopped:
   them, records their progress and exits with status 0 (1 if a job failed).
 
 Each job is exported with CompressAI's ``update_model`` to ``ZOO/<export>-<sha256
-prefix>.pth.tar`` (weights in float16 with ``"storage": "fp16"``) whenever it
+prefix>.pth.tar`` (weights in float16 with ``"storage": "fp16"``, equal tensors
+such as the slices' CDF tables stored once) whenever it
 finishes or stops, and every ``export_minutes`` while it runs;
 ``ZOO/training/<job>/`` keeps its config, ``metrics.jsonl``, learning-curve plot
 and ``state.json`` (status, step, wall time, threads, latest and best

@@ -239,9 +239,9 @@ def test_a_fine_tune_warms_its_learning_rate_up_from_step_0(data, tmp_path):
     assert trainer.optimizers["net"].param_groups[0]["lr"] == pytest.approx(1e-4 / 4)
     trainer.train()
     logged = {r["step"]: r["lr"] for r in map(json.loads, (tmp_path / "metrics.jsonl").open()) if "lr" in r}
-    # logged with each step: the rate of the step after it (steps 0..3 ramped)
-    assert logged[1] == pytest.approx(1e-4 * 2 / 4) and logged[3] == pytest.approx(3e-5 * 4 / 4)
-    assert logged[2] == pytest.approx(1e-4 * 3 / 4)
+    # logged with each step: the rate of the step after it (steps 0..3 ramped, 3 the ramp's last)
+    assert logged[1] == pytest.approx(1e-4 * 2 / 4) and logged[2] == pytest.approx(1e-4 * 3 / 4)
+    assert logged[3] == pytest.approx(3e-5) and logged[5] == pytest.approx(3e-5)
     with pytest.raises(ValueError, match="^warmup must be >= 0, got -1$"):
         tiny_config(data, warmup=-1)
 
