@@ -55,6 +55,10 @@ from .zoo import half_precision, shared_duplicates
 __all__ = ["Campaign", "Job", "Recipe", "plot_validation", "split_validation"]
 
 DEFAULT_RECIPE = Path(__file__).resolve().parent.parent / "zoo" / "recipe.json"
+# A job stopped from outside: the trainer's own exit on SIGTERM/SIGINT after its
+# checkpoint (128 + signal), or the signal itself when it came before the trainer
+# had installed its handler (while importing or loading; nothing to lose then).
+STOPPED_CODES = {128 + signal.SIGTERM, 128 + signal.SIGINT, -signal.SIGTERM, -signal.SIGINT}
 
 
 def split_validation(images: list[Path], every: int, offset: int) -> tuple[list[Path], list[Path]]:
@@ -406,7 +410,7 @@ class Campaign:
                     del running[name]
                     if code == 0:
                         self.export(run.job, "finished", now - run.started)
-                    elif code in (128 + signal.SIGTERM, 128 + signal.SIGINT):  # stopped from outside
+                    elif code in STOPPED_CODES:  # stopped from outside
                         self._stopped.add(name)
                         self.export(run.job, "stopped", now - run.started)
                     else:

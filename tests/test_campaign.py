@@ -153,7 +153,20 @@ def stop_when_checkpointed(process: subprocess.Popen, checkpoint: Path, step: in
             pass
         time.sleep(0.1)
     process.send_signal(signal.SIGTERM)
-    assert process.wait(timeout=300) == 0
+    assert process.wait(timeout=300) == 0, process.stdout.read()
+
+
+def test_a_stop_while_the_jobs_still_start_is_a_stop_not_a_failure(campaign_dir):
+    process = subprocess.Popen(
+        campaign(campaign_dir), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    started = [process.stdout.readline() for _ in range(2)]  # both first jobs launched, still importing
+    assert all(" starts (" in line for line in started), started
+    process.send_signal(signal.SIGTERM)
+    output = process.communicate(timeout=300)[0]
+    assert process.returncode == 0, output
+    assert "failed" not in output and "unfinished: teacher, baseline" in output
+    assert {state(campaign_dir, job)["status"] for job in ("teacher", "baseline")} == {"stopped"}
 
 
 def test_validation_curves_are_drawn_a_panel_per_quality(campaign_dir):
