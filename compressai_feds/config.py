@@ -63,6 +63,12 @@ class TrainingConfig:
     teacher's validation RD loss jumped from 1.259 to 1.352 within 2 steps.
     ``warmup``: the same linear ramp over a run's first steps from step 0, for
     fine-tuning trained weights (``student`` a checkpoint) with fresh optimizers.
+    ``adapter_warmup``: for this many steps after the distillation adapters were
+    made afresh (a run's first step, or a continue from weights alone), the
+    distillation losses reach the adapters only: the student's features enter
+    them detached. A random 160->256 channel adapter switched on at weight 10
+    moved the student's training rate from 0.39 to 0.86-1.00 bpp within 200
+    steps; a student fine-tuned from trained weights starts with that term on.
     """
 
     data: str = ""
@@ -94,6 +100,7 @@ class TrainingConfig:
     val_every: int = 1000
     restart_warmup: int = 0
     warmup: int = 0
+    adapter_warmup: int = 0
 
     def __post_init__(self) -> None:
         self.stages = [Stage(**s) if isinstance(s, dict) else s for s in self.stages]
@@ -108,7 +115,7 @@ class TrainingConfig:
             raise ValueError(f"unknown feature names {sorted(unknown)}; choose from {FEATURE_NAMES}")
         if not self.stages or any(s.steps < 0 for s in self.stages):
             raise ValueError("stages must be a non-empty list with non-negative steps")
-        for name in ("restart_warmup", "warmup"):
+        for name in ("restart_warmup", "warmup", "adapter_warmup"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
 

@@ -50,6 +50,11 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         help="ramp the learning rate up linearly over the run's first steps (fine-tuning trained weights)",
     )
+    parser.add_argument(
+        "--adapter-warmup",
+        type=int,
+        help="steps in which the distillation losses train only their fresh adapters (student detached)",
+    )
     parser.add_argument("--data", help="folder of training photographs (any RGB/grayscale/RGBA images)")
     parser.add_argument("--val", help="folder of a few full images for validation")
     parser.add_argument(
@@ -116,6 +121,7 @@ def config_from_args(args: argparse.Namespace) -> TrainingConfig:
             "noise_quantization",
             "restart_warmup",
             "warmup",
+            "adapter_warmup",
         )  # fmt: skip
         if getattr(args, key) is not None
     }

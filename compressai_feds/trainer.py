@@ -110,9 +110,15 @@ class DistillationObjective(nn.Module):
         teacher_bits: Tensor | None = None,
         feature_weight: float = 0.0,
         channel_weight: float = 0.0,
+        adapters_only: bool = False,
     ) -> dict[str, Tensor]:
+        """``adapters_only``: the distillation terms see the student's features
+        detached, so that they train their adapters and leave the student alone."""
         distill = teacher_out is not None and (feature_weight > 0 or channel_weight > 0)
         out = self.student(x, return_features=True) if distill else self.student(x)
+        features = out.get("features", {})
+        if adapters_only:
+            features = {name: feature.detach() for name, feature in features.items()}
         losses = self.rate_distortion(
             {"x_hat": out["x_hat"].float(), "likelihoods": out["likelihoods"]}, x.float()
         )
@@ -121,10 +127,10 @@ class DistillationObjective(nn.Module):
             losses[f"bpp_{name}"] = likelihoods.detach().log2().sum().neg() / num_pixels
         total = losses["loss"]
         if distill and feature_weight > 0:
-            losses["feature_loss"] = self.feature_loss(out["features"], teacher_out["features"])
+            losses["feature_loss"] = self.feature_loss(features, teacher_out["features"])
             total = total + feature_weight * losses["feature_loss"]
         if distill and channel_weight > 0:
-            y_student, y_teacher = out["features"]["y"], teacher_out["features"]["y"]
+            y_student, y_teacher = features["y"], teacher_out["features"]["y"]
             losses["channel_loss"] = self.channel_loss(y_student, y_teacher, teacher_bits)
             total = total + channel_weight * losses["channel_loss"]
         losses["loss"] = total
@@ -242,6 +248,7 @@ class DistillationTrainer:
             },
         )
         self.restarted_at: int | None = None  # where fresh optimizers took over mid-schedule
+        self.adapters_made_at = start_step  # where the adapters began training from scratch
         base_lr = config.stages[0].lr
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizers["net"], lambda step: self.lr_at(step) / base_lr
@@ -286,6 +293,7 @@ class DistillationTrainer:
             "stage": self.config.stage_at(self.step)[0].name,
             "best_val_loss": self.best_val_loss,
             "restarted_at": self.restarted_at,
+            "adapters_made_at": self.adapters_made_at,
             "rng": {"torch": torch.get_rng_state(), "python": random.getstate()},
             "config": self.config.to_dict(),
         }
@@ -298,6 +306,7 @@ class DistillationTrainer:
         self.scheduler.load_state_dict(checkpoint["scheduler"])
         self.step = checkpoint["step"]
         self.restarted_at = checkpoint.get("restarted_at")
+        self.adapters_made_at = checkpoint.get("adapters_made_at", 0)
         # the learning rate of this config's schedule (a resumed run may have changed it), as
         # LambdaLR computes it: else the first step would run at the checkpoint's
         for group, base_lr, factor in zip(
@@ -371,7 +380,10 @@ class DistillationTrainer:
         for optimizer in self.optimizers.values():
             optimizer.zero_grad(set_to_none=True)
         with autocast:
-            losses = self.model(x, teacher_out, teacher_bits, stage.feature_weight, stage.channel_weight)
+            adapters_only = self.step < self.adapters_made_at + config.adapter_warmup
+            losses = self.model(
+                x, teacher_out, teacher_bits, stage.feature_weight, stage.channel_weight, adapters_only
+            )
         if not self._finite(losses["loss"]):
             return self._skip(stage.name, f"loss {losses['loss'].item()}")
         (losses["loss"] + losses["aux_loss"]).backward()

@@ -103,6 +103,32 @@ def test_gradients_reach_the_student_and_adapters_only(data, tmp_path):
     assert all(p.grad is None for p in trainer.teacher.parameters())
 
 
+def test_fresh_adapters_warm_up_on_a_detached_student(data, tmp_path):
+    trainer = DistillationTrainer(tiny_config(data, adapter_warmup=3), tmp_path, progress=False)
+    trainer.objective.train()
+    x = next(iter(trainer._loader()))
+    teacher_out = trainer.teacher(x, return_features=True)
+    bits = torch.ones(trainer.teacher.M)
+    objective = trainer.objective
+    for adapters_only in (True, False):
+        objective.zero_grad(set_to_none=True)
+        losses = objective(x, teacher_out, bits, 1.0, 1.0, adapters_only)
+        (losses["feature_loss"] + losses["channel_loss"]).backward()
+        student_grads = [p.grad for p in objective.student.parameters() if p.grad is not None]
+        assert (
+            bool(student_grads) != adapters_only
+        )  # the distillation terms reach the student after the warm-up
+        assert all(p.grad.abs().sum() > 0 for p in objective.channel_loss.adapter.parameters())
+
+    calls = []
+    trainer.model = lambda *args: calls.append(args[-1]) or objective(*args)
+    trainer.train()  # 6 steps: the adapters alone learn from the distillation terms in the first 3
+    assert calls == [True] * 3 + [False] * 3
+    assert torch.load(tmp_path / "checkpoint.pth.tar", weights_only=True)["adapters_made_at"] == 0
+    restarted = DistillationTrainer(tiny_config(data, adapter_warmup=3), tmp_path / "restart", start_step=2)
+    assert restarted.adapters_made_at == 2  # continuing from weights alone: the adapters are new again
+
+
 def test_training_without_teacher_uses_rate_distortion_only(data, tmp_path):
     trainer = DistillationTrainer(tiny_config(data, teacher=None), tmp_path, progress=False)
     trainer.train()
