@@ -1,6 +1,8 @@
 import hashlib
 import json
 import shutil
+import zipfile
+from pathlib import Path
 
 import pytest
 import torch
@@ -137,3 +139,20 @@ def test_equal_tables_are_stored_once_and_load_back(tmp_path):
     loaded = FEDSTeacher.from_state_dict(torch.load(tmp_path / "shared.pth.tar", weights_only=True)).eval()
     x = torch.rand(1, 3, 64, 64)
     assert loaded.compress(x)["strings"] == net.compress(x)["strings"]
+
+
+def test_the_wheel_ships_the_zoo_proper_under_200_mb(tmp_path):
+    """``pip wheel`` of the repository: every zoo checkpoint, installed as
+    ``compressai_feds/checkpoints``; the ablation (no-teacher students) stays out."""
+    repo = Path(__file__).resolve().parent.parent
+    run_python("-m", "pip", "wheel", "--no-deps", "-q", "-w", str(tmp_path), str(repo))
+    (wheel,) = tmp_path.glob("*.whl")
+    with zipfile.ZipFile(wheel) as archive:
+        sizes = {info.filename: info.file_size for info in archive.infolist()}
+    shipped = {
+        name.removeprefix("compressai_feds/checkpoints/") for name in sizes if name.endswith(".pth.tar")
+    }
+    assert shipped == {path.name for path in (repo / "zoo").glob("*.pth.tar")} != set()
+    assert "compressai_feds/checkpoints/recipe.json" in sizes
+    assert not any("ablation" in name for name in sizes)
+    assert sum(size for name, size in sizes.items() if name.endswith(".pth.tar")) < 200e6
