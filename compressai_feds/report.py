@@ -9,9 +9,9 @@ file's bytes, container included; quality: the decoded 8-bit image), the
 classic codecs Pillow ships (JPEG 4:2:0 and 4:4:4, WebP, AVIF) write their
 files at a sweep of quality settings. Writes ``results/<codec>.json`` in
 CompressAI's results format, ``rd.png`` (ours solid, measured classics dashed,
-published curves of ``--reference`` dotted) and ``report.md`` (BD-rate table
-against the measured AVIF curve and, when it is there, the published VTM
-curve; speed table).
+published curves of ``--reference`` dotted) and ``report.md`` (BD-rates
+against the measured AVIF curve and every published curve found, BD-rates
+between our codecs, speed table).
 """
 
 from __future__ import annotations
@@ -252,6 +252,25 @@ def _bd_cell(anchor: Curve | None, test: Curve) -> str:
         return "n/a (" + reason.split(": ", 1)[-1].split(" (")[0].split(":")[0] + ")"
 
 
+def _bd_table(rows: list[tuple[str, Curve | str]], anchors: dict[str, Curve | str | None]) -> list[str]:
+    """A markdown table of each row curve's BD-rate against each anchor (a
+    string instead of a curve says why there is none)."""
+    lines = [
+        "| codec | points | " + " | ".join(f"vs {name}" for name in anchors) + " |",
+        "|---|---|" + "---|" * len(anchors),
+    ]
+    for name, curve in rows:
+        if isinstance(curve, str):
+            lines.append(f"| {name} | | " + " | ".join(f"n/a ({curve})" for _ in anchors) + " |")
+            continue
+        cells = [
+            "anchor" if anchor is curve else _bd_cell(anchor if isinstance(anchor, Curve) else None, curve)
+            for anchor in anchors.values()
+        ]
+        lines.append(f"| {name} | {len(curve.rate)} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def _curve_or_reason(run: CodecRun) -> Curve | str:
     try:
         return run.curve()
@@ -367,12 +386,9 @@ def write_report(
         (run.name + " (measured)", _curve_or_reason(run)) for run in runs
     ]
     curves += published
-    anchors = {}
     avif = next((c for name, c in curves if name == "AVIF (measured)" and isinstance(c, Curve)), None)
-    anchors["AVIF (measured)"] = avif
-    vtm = next((c for name, c in published if name.startswith("VTM")), None)
-    if vtm is not None:
-        anchors["VTM (published)"] = vtm
+    anchors: dict[str, Curve | None] = {"AVIF (measured)": avif, **dict(published)}
+    ours = [(run.name + " (measured)", _curve_or_reason(run)) for run in runs if run.kind == "ours"]
     lines = [
         "# Rate-distortion and speed report",
         "",
@@ -385,15 +401,10 @@ def write_report(
         "",
         "## BD-rate (negative: fewer bits at equal PSNR; in brackets BD-PSNR)",
         "",
-        "| codec | points | " + " | ".join(f"vs {name}" for name in anchors) + " |",
-        "|---|---|" + "---|" * len(anchors),
+        *_bd_table(curves, anchors),
     ]
-    for name, curve in curves:
-        if isinstance(curve, str):
-            lines.append(f"| {name} | | " + " | ".join(f"n/a ({curve})" for _ in anchors) + " |")
-            continue
-        cells = [_bd_cell(anchor, curve) if anchor is not curve else "anchor" for anchor in anchors.values()]
-        lines.append(f"| {name} | {len(curve.rate)} | " + " | ".join(cells) + " |")
+    if len(ours) > 1:
+        lines += ["", "Between our codecs:", "", *_bd_table(ours, dict(ours))]
     lines += [
         "",
         "## Speed (this machine, mean over all settings and images)",

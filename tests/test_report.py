@@ -11,8 +11,9 @@ from helpers import sample_crops, train_briefly
 from PIL import Image
 
 from compressai_feds import FEDSStudent
+from compressai_feds.bdrate import Curve
 from compressai_feds.codec import Codec, compress_image
-from compressai_feds.report import main
+from compressai_feds.report import CodecRun, Setting, main, write_report
 
 TINY = {"N": 16, "M": 32, "groups": (8, 24)}
 
@@ -68,6 +69,43 @@ def test_report_codes_every_image_and_writes_results_tables_and_plot(setup, tmp_
     jpeg_row = next(line for line in report.splitlines() if line.startswith("| JPEG 4:2:0 (measured) | 10 |"))
     assert float(jpeg_row.split("|")[3].split("%")[0]) > 0  # JPEG needs more bits than AVIF
     assert (out / "rd.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_bd_tables_rank_every_codec_against_the_published_curves_and_ours_against_each_other(tmp_path):
+    rates, psnr = [0.1, 0.2, 0.4, 0.8], [27.0, 29.0, 31.0, 33.0]
+
+    def run(name: str, kind: str, scale: float) -> CodecRun:
+        settings = [Setting(f"q{k}", bytes, Image.open) for k in range(4)]
+        points = [
+            {"bpp": r * scale, "psnr-rgb": p, "ms-ssim-rgb": 0.9, "encoding_time": 0.1,
+             "decoding_time": 0.1, "megapixels": 0.4}
+            for r, p in zip(rates, psnr, strict=True)
+        ]  # fmt: skip
+        return CodecRun(name, kind, settings, points)
+
+    runs = [run("feds-teacher", "ours", 1.0), run("feds-student", "ours", 1.1), run("AVIF", "classic", 1.5)]
+    published = [("JPEG (published)", Curve.from_points("JPEG", [2 * r for r in rates], psnr))]
+    image = tmp_path / "kodim01.png"
+    report = write_report(runs, published, tmp_path, [image], [], "compressai-feds report")
+    against_others, between_ours = (
+        {
+            line.split(" | ")[0][2:]: line.split(" | ")[1:]
+            for line in part.splitlines()
+            if line.startswith("| ")
+        }
+        for part in report.split("## Speed")[0].split("Between our codecs")
+    )
+    # PSNR rises 2 dB per doubling of the rate on every curve, so against a curve at
+    # k times the rate: BD-rate 100 (1/k - 1)%, BD-PSNR 2 log2(k) dB.
+    # Every codec against the measured AVIF curve and the published JPEG curve:
+    assert against_others["codec"] == ["points", "vs AVIF (measured)", "vs JPEG (published) |"]
+    assert against_others["feds-teacher (measured)"][1:] == ["-33.3% (+1.17 dB)", "-50.0% (+2.00 dB) |"]
+    assert against_others["feds-student (measured)"][1] == "-26.7% (+0.89 dB)"
+    assert against_others["AVIF (measured)"][1] == "anchor"
+    assert against_others["JPEG (published)"][2] == "anchor |"
+    # between our codecs: the student needs 10% more bits than the teacher at equal PSNR
+    assert between_ours["feds-student (measured)"][1] == "+10.0% (-0.28 dB)"
+    assert between_ours["feds-teacher (measured)"][1:] == ["anchor", "-9.1% (+0.28 dB) |"]
 
 
 @pytest.mark.parametrize(
