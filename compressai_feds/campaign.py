@@ -483,6 +483,16 @@ def plot_validation(jobs: list[Job], logs: Path, output: Path) -> None:
     plt.close(fig)
 
 
+def status_line(job: Job, state: dict[str, Any]) -> str:
+    """One line of ``--status``: progress, wall time and the latest validation."""
+    hours = state.get("wall_seconds", 0) / 3600
+    line = f"{job.name:24} {state['status']:9} {state['step']:>7}/{job.total_steps} steps  {hours:5.2f} h"
+    if state.get("last_val"):
+        last = state["last_val"]
+        line += f"  val RD loss {last['val']['rd_loss']:.4f} at step {last['step']}"
+    return line
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="compressai-feds campaign",
@@ -512,11 +522,7 @@ def main(argv: list[str] | None = None) -> int:
         campaign = Campaign(recipe, args.runs, args.zoo or args.recipe.resolve().parent)
         if args.status:
             for job in recipe.jobs:
-                state = campaign.state(job)
-                hours = state.get("wall_seconds", 0) / 3600
-                print(
-                    f"{job.name:24} {state['status']:9} {state['step']:>7}/{job.total_steps} steps  {hours:.2f} h"
-                )
+                print(status_line(job, campaign.state(job)))
             return 0
         return campaign.run()
     except (ValueError, FileNotFoundError, json.JSONDecodeError, TypeError) as exc:

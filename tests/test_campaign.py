@@ -207,6 +207,13 @@ def test_campaign_stops_resumes_and_exports(campaign_dir, monkeypatch):
     assert "all jobs finished" in out
     for job, steps in (("teacher", 300), ("baseline", 4), ("student", 4), ("student-q4", 2)):
         assert state(root, job)["status"] == "finished" and state(root, job)["step"] == steps
+    status = run_python(*campaign(root)[1:], "--status").splitlines()
+    assert len(status) == 4 and all(" finished " in line for line in status)
+    teacher_val = state(root, "teacher")["last_val"]
+    assert status[0].split() == [
+        "teacher", "finished", "300/300", "steps", f"{state(root, 'teacher')['wall_seconds'] / 3600:.2f}", "h",
+        "val", "RD", "loss", f"{teacher_val['val']['rd_loss']:.4f}", "at", "step", "300",
+    ]  # fmt: skip
     records = [json.loads(line) for line in (root / "zoo/training/teacher/metrics.jsonl").open()]
     logged = [r["step"] for r in records if "val" not in r]
     assert logged == sorted(logged) and logged[-1] == 300 and len(logged) == len(set(logged))
