@@ -248,7 +248,6 @@ class DistillationTrainer:
             },
         )
         self.restarted_at: int | None = None  # where fresh optimizers took over mid-schedule
-        self.adapters_made_at = start_step  # where the adapters began training from scratch
         base_lr = config.stages[0].lr
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizers["net"], lambda step: self.lr_at(step) / base_lr
@@ -268,6 +267,12 @@ class DistillationTrainer:
     @property
     def student(self) -> nn.Module:
         return self.objective.student
+
+    @property
+    def adapters_made_at(self) -> int:
+        """The step the adapters began training from scratch: with the optimizers,
+        at step 0 or where a run restarted from weights alone."""
+        return self.restarted_at or 0
 
     def lr_at(self, step: int) -> float:
         """The schedule's learning rate at ``step``, ramped up linearly over the
@@ -293,7 +298,6 @@ class DistillationTrainer:
             "stage": self.config.stage_at(self.step)[0].name,
             "best_val_loss": self.best_val_loss,
             "restarted_at": self.restarted_at,
-            "adapters_made_at": self.adapters_made_at,
             "rng": {"torch": torch.get_rng_state(), "python": random.getstate()},
             "config": self.config.to_dict(),
         }
@@ -306,7 +310,6 @@ class DistillationTrainer:
         self.scheduler.load_state_dict(checkpoint["scheduler"])
         self.step = checkpoint["step"]
         self.restarted_at = checkpoint.get("restarted_at")
-        self.adapters_made_at = checkpoint.get("adapters_made_at", 0)
         # the learning rate of this config's schedule (a resumed run may have changed it), as
         # LambdaLR computes it: else the first step would run at the checkpoint's
         for group, base_lr, factor in zip(
