@@ -271,3 +271,27 @@ def test_old_format_version_is_refused_naming_both(version):
         ContainerError, match=f"version {version} is not supported .*version {FORMAT_VERSION}"
     ):
         unpack(data)
+
+
+def shipped_checkpoints() -> list[tuple[str, int]]:
+    """(architecture, quality) of every checkpoint in the zoo folder."""
+    found = []
+    for path in sorted(checkpoint_dir().glob("feds-*-mse-*.pth.tar")):
+        architecture, quality = path.name.split("-mse-")[0], int(path.name.split("-mse-")[1].split("-")[0])
+        found.append((architecture, quality))
+    return found
+
+
+@pytest.mark.parametrize("architecture, quality", shipped_checkpoints())
+def test_every_shipped_checkpoint_round_trips_exactly(architecture, quality, images):
+    """Each quality's weights, not only quality 3's: loaded as a user loads them,
+    they decode their own stream to the same latent and a sensible image."""
+    factory = {"feds-student": feds_student, "feds-teacher": feds_teacher}[architecture]
+    net = factory(quality=quality, pretrained=True).eval()
+    x = images[0][:, :, :128, :128]
+    encoded = net.compress(x)
+    decoded = decode(net, encoded)
+    assert_same_latent(net, encoded, decoded)
+    bpp = sum(len(s[0]) for s in encoded["strings"]) * 8 / x[0, 0].numel()
+    psnr = -10 * torch.log10(F.mse_loss(decoded["x_hat"].clamp(0, 1), x)).item()
+    assert 0.02 < bpp < 2 and psnr > 22, (bpp, psnr)
