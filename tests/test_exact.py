@@ -3,6 +3,7 @@ latent whatever the threads, kernels, memory layout or float rounding, and a
 stream that does not decode consistently is refused."""
 
 import copy
+import re
 from contextlib import contextmanager
 
 import pytest
@@ -275,11 +276,10 @@ def test_old_format_version_is_refused_naming_both(version):
 
 def shipped_checkpoints() -> list[tuple[str, int]]:
     """(architecture, quality) of every checkpoint in the zoo folder."""
-    found = []
-    for path in sorted(checkpoint_dir().glob("feds-*-mse-*.pth.tar")):
-        architecture, quality = path.name.split("-mse-")[0], int(path.name.split("-mse-")[1].split("-")[0])
-        found.append((architecture, quality))
-    return found
+    names = (
+        re.fullmatch(r"(feds-\w+)-mse-(\d)-\w+\.pth\.tar", p.name) for p in sorted(checkpoint_dir().iterdir())
+    )
+    return [(match[1], int(match[2])) for match in names if match]
 
 
 @pytest.mark.parametrize("architecture, quality", shipped_checkpoints())
