@@ -277,7 +277,8 @@ def test_old_format_version_is_refused_naming_both(version):
 def shipped_checkpoints() -> list[tuple[str, int]]:
     """(architecture, quality) of every checkpoint in the zoo folder."""
     names = (
-        re.fullmatch(r"(feds-\w+)-mse-(\d)-\w+\.pth\.tar", p.name) for p in sorted(checkpoint_dir().iterdir())
+        re.fullmatch(r"(feds-\w+)-mse-(\d)-\w+\.pth\.tar", p.name)
+        for p in sorted(checkpoint_dir().glob("*.pth.tar"))
     )
     return [(match[1], int(match[2])) for match in names if match]
 
