@@ -438,6 +438,14 @@ class Campaign:
         running.clear()
 
 
+#: Line style and colour of each role in :func:`plot_validation`.
+VALIDATION_STYLES = {
+    "teacher": ("-", "tab:blue"),
+    "FEDS": ("-.", "tab:green"),
+    "no teacher": ("--", "tab:orange"),
+}
+
+
 def plot_validation(jobs: list[Job], logs: Path, output: Path) -> None:
     """Every job's validation RD loss against its steps, one panel per quality:
     teachers, FEDS students and no-teacher students of a quality side by side."""
@@ -468,8 +476,14 @@ def plot_validation(jobs: list[Job], logs: Path, output: Path) -> None:
         best = min(min(losses) for _, _, losses in curves[quality])
         worst = max(max(losses) for _, _, losses in curves[quality])
         for job, steps, losses in curves[quality]:
-            style = "-" if job.model == "feds-teacher" else ("--" if job.teacher is None else "-.")
-            ax.plot(steps, losses, style, marker="o", markersize=3, label=job.name)
+            role = (
+                "teacher"
+                if job.model == "feds-teacher"
+                else ("no teacher" if job.teacher is None else "FEDS")
+            )
+            linestyle, colour = VALIDATION_STYLES[role]
+            seed_style = {"marker": "o"} if job.seed == 0 else {"marker": "s", "alpha": 0.55}
+            ax.plot(steps, losses, linestyle, color=colour, markersize=3, label=job.name, **seed_style)
         ax.set(xlabel="step", title=f"q{quality} (log axis, cut at 2x the best)", yscale="log")
         ax.set_ylim(0.98 * best, 1.02 * min(worst, 2 * best))
         for axis_format in (ax.yaxis.set_major_formatter, ax.yaxis.set_minor_formatter):
@@ -477,7 +491,9 @@ def plot_validation(jobs: list[Job], logs: Path, output: Path) -> None:
         ax.legend(fontsize="small")
     for row in axes:
         row[0].set_ylabel("validation RD loss")
-    fig.suptitle("solid: teacher, dash-dot: FEDS student, dashed: no-teacher student")
+    fig.suptitle(
+        "solid blue: teacher, dash-dot green: FEDS student, dashed orange: no-teacher student; pale squares: seed 1"
+    )
     fig.tight_layout()
     fig.savefig(output, dpi=100)
     plt.close(fig)
