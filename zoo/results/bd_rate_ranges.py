@@ -31,11 +31,11 @@ def main() -> None:
     print(f"BD-rate against {anchor.name}")
     print(f"{'curve':32}" + "".join(f"{'points ' + r:>14}" for r in args.ranges))
     for test in tests:
+        same_qualities = len(anchor.rate) == len(test.rate)
         cells = []
         for text in args.ranges:
             first, last = map(int, text.split("-"))
-            same = len(anchor.rate) == len(test.rate)
-            reference = points(anchor, first, last) if same else anchor
+            reference = points(anchor, first, last) if same_qualities else anchor
             cells.append(f"{bd_rate(reference, points(test, first, last)):+13.1f}%")
         print(f"{test.name:32}" + "".join(cells))
 
