@@ -14,8 +14,9 @@ with warnings.catch_warnings():
 
 from .config import Stage, TrainingConfig
 from .models import FEATURE_NAMES, FEDSCodec, FEDSStudent, FEDSTeacher
+from .quality import LAMBDAS
 from .trainer import DistillationTrainer
-from .zoo import LAMBDAS, feds_student, feds_teacher
+from .zoo import feds_student, feds_teacher
 
 __all__ = [
     "DistillationTrainer",

@@ -26,7 +26,8 @@ from tqdm import tqdm
 from .data import find_images
 from .entropy_coding import VERIFY_DECODING
 from .models import FEDSCodec
-from .zoo import LAMBDAS, feds_student, feds_teacher, half_precision
+from .quality import LAMBDAS
+from .zoo import feds_student, feds_teacher, half_precision
 
 SAMPLES = Path(__file__).resolve().parent / "samples"
 

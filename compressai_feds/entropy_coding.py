@@ -160,13 +160,33 @@ def _decode_checked(model: GaussianConditional, strings: list[bytes], indexes: T
 
 class CheckedHyperLatentCodec(HyperLatentCodec):
     """CompressAI's hyper-latent codec, whose decoder also checks that the
-    hyper-latent re-encodes to the bytes it was decoded from."""
+    hyper-latent re-encodes to the bytes it was decoded from.
+
+    ``side_offset``, when a variable-rate codec sets it for a call, is added to the
+    side parameters ``h_s(ẑ)`` (:class:`~compressai_feds.gain_units.GainUnits`)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.side_offset: Tensor | None = None
+
+    def _side_parameters(self, params: Tensor) -> Tensor:
+        return params if self.side_offset is None else params + self.side_offset
+
+    def forward(self, y: Tensor) -> dict[str, Any]:
+        out = super().forward(y)
+        out["params"] = self._side_parameters(out["params"])
+        return out
+
+    def compress(self, y: Tensor) -> dict[str, Any]:
+        out = super().compress(y)
+        out["params"] = self._side_parameters(out["params"])
+        return out
 
     def decompress(self, strings: list[list[bytes]], shape: tuple[int, int], **kwargs) -> dict[str, Any]:
         (z_strings,) = strings
         z_hat = self.entropy_bottleneck.decompress(z_strings, shape)
         check_reencodes(z_strings, z_hat, lambda: self.entropy_bottleneck.compress(z_hat), "hyper-latent")
-        return {"params": self.h_s(z_hat)}
+        return {"params": self._side_parameters(self.h_s(z_hat))}
 
 
 def _hyper_latent_codec(M: int, N: int) -> CheckedHyperLatentCodec:

@@ -25,7 +25,9 @@ from compressai.registry import register_model
 from torch import Tensor
 
 from .entropy_coding import BitstreamError, channel_wise_hyperprior, fixed_point_networks, swapped_modules
+from .gain_units import REFERENCE_QUALITY, GainUnits
 from .layers import SwinV2AttentionBlock
+from .quality import snap_quality
 
 __all__ = ["FEDSCodec", "FEDSTeacher", "FEDSStudent", "FEATURE_NAMES"]
 
@@ -111,6 +113,11 @@ class FEDSCodec(SimpleVAECompressionModel):
     ``exact_entropy_path = False`` restores CompressAI's float evaluation
     (for comparison only: its files decode reliably only where they were written).
 
+    With ``variable_rate``, :class:`~.gain_units.GainUnits` scale the latent per quality
+    level, and one codec serves every real quality in ``[1, 6]``: ``quality`` is the one
+    :meth:`compress`, :meth:`decompress` and :meth:`forward` use unless told otherwise
+    (training passes one per image).
+
     Args:
         N: Channels of the transforms and of the hyper-latent.
         M: Channels of the latent ``y``.
@@ -119,6 +126,7 @@ class FEDSCodec(SimpleVAECompressionModel):
         attention: Whether to insert Swin-V2 attention modules.
         window_size: Attention window side (a run-time setting: it is not
             stored in the weights).
+        variable_rate: Learn gains for the six quality levels (one codec for all).
     """
 
     def __init__(
@@ -129,6 +137,7 @@ class FEDSCodec(SimpleVAECompressionModel):
         num_res_blocks: int,
         attention: bool,
         window_size: int = 8,
+        variable_rate: bool = False,
     ) -> None:
         super().__init__()
         self.N, self.M, self.groups = N, M, list(groups)
@@ -152,8 +161,48 @@ class FEDSCodec(SimpleVAECompressionModel):
             nn.Sequential(subpel_conv3x3(N, 3, 2)),
         )
         self.latent_codec = channel_wise_hyperprior(M, N, groups)
+        self.gain_units = GainUnits(M, 2 * N) if variable_rate else None
+        self._quality = float(REFERENCE_QUALITY) if variable_rate else None
         self.exact_entropy_path = True
         self._fixed_point: list | None = None  # derived from the weights when first coding
+
+    @property
+    def variable_rate(self) -> bool:
+        return self.gain_units is not None
+
+    @property
+    def quality(self) -> float | None:
+        """The quality a variable-rate codec codes at (on the files' grid); ``None`` for a
+        fixed-rate codec, which codes at the one it was trained for."""
+        return self._quality
+
+    @quality.setter
+    def quality(self, value: float) -> None:
+        if not self.variable_rate:
+            raise ValueError("a fixed-rate codec codes at the quality it was trained for")
+        self._quality = snap_quality(value)
+
+    def _qualities(self, quality: float | Tensor | None, batch: int, device: torch.device) -> Tensor:
+        """One quality per image, ``(B,)``; ``ValueError`` for a fixed-rate codec given one."""
+        if not self.variable_rate:
+            if quality is not None:
+                raise ValueError("a fixed-rate codec codes at the quality it was trained for")
+            return torch.empty(0)
+        if quality is None:
+            quality = self._quality
+        if isinstance(quality, Tensor):
+            return quality.to(device=device, dtype=torch.float64).expand(batch)
+        return torch.full((batch,), snap_quality(quality), dtype=torch.float64, device=device)
+
+    @contextmanager
+    def _side_offset(self, offset: Tensor | None) -> Iterator[None]:
+        """The hyperprior adds ``offset`` to its side parameters for the duration of the block."""
+        hyper = self.latent_codec.latent_codec["hyper"]
+        hyper.side_offset = offset
+        try:
+            yield
+        finally:
+            hyper.side_offset = None
 
     def update(self, *args: Any, **kwargs: Any) -> bool:
         """Builds the CDF tables (CompressAI); the fixed-point entropy path is
@@ -176,8 +225,14 @@ class FEDSCodec(SimpleVAECompressionModel):
         with swapped_modules([(parent, name, net.to(device)) for parent, name, net in fixed_point]):
             yield
 
-    def forward(self, x: Tensor, return_features: bool = False) -> dict[str, Any]:
+    def forward(
+        self, x: Tensor, return_features: bool = False, quality: float | Tensor | None = None
+    ) -> dict[str, Any]:
         """Training/evaluation pass with noise or straight-through quantization.
+
+        A variable-rate codec runs at ``quality``: one for the batch or a ``(B,)`` tensor,
+        one per image (default: :attr:`quality`). ``features["y"]`` is then the latent
+        as coded, after its gain.
 
         Returns ``x_hat`` and ``likelihoods`` (``"y"``: per-element likelihoods
         of the latent, shape ``(B, M, H/16, W/16)``; ``"z"``: of the
@@ -193,10 +248,15 @@ class FEDSCodec(SimpleVAECompressionModel):
             h = stage(h)
             features[f"analysis_{i}"] = h
         y = self.g_a[-1](h)
+        qualities = self._qualities(quality, x.size(0), x.device)  # (refuses one for a fixed-rate codec)
+        gain = inverse_gain = offset = None
+        if self.variable_rate:
+            gain, inverse_gain, offset = self.gain_units(qualities)
+            y = y * gain.to(y.dtype)
         features["y"] = y
-        with torch.autocast(x.device.type, enabled=False):
+        with torch.autocast(x.device.type, enabled=False), self._side_offset(offset):
             y_out = self.latent_codec(y.float())
-        h = y_out["y_hat"]
+        h = y_out["y_hat"] if inverse_gain is None else y_out["y_hat"] * inverse_gain
         for i, stage in enumerate(self.g_s[:-1], start=1):
             h = stage(h)
             features[f"synthesis_{i}"] = h
@@ -217,14 +277,19 @@ class FEDSCodec(SimpleVAECompressionModel):
         Returns ``strings`` (one list of bytes per latent slice, then one for
         the hyper-latent; one entry per batch item), ``shape`` (the image's
         ``(H, W)``, all :meth:`decompress` needs besides the strings) and
-        ``y_hat``, the quantized latent the decoder will reconstruct.
+        ``y_hat``, the quantized latent the decoder will reconstruct (after its gain, in a
+        variable-rate codec).
         """
         _check_image(x)
         image_size = (x.size(2), x.size(3))
         pad, _ = compute_padding(*image_size, min_div=PAD_MULTIPLE)
-        y = self.g_a(F.pad(x, pad))
-        with self._entropy_path(x.device):
-            out = self.latent_codec.compress(y.float())
+        y = self.g_a(F.pad(x, pad)).float()
+        offset = None
+        if self.variable_rate:
+            y = y * self.gain_units(self._qualities(None, 1, x.device))[0]
+            offset = self.gain_units.coding_side_offset(self._quality).to(x.device)
+        with self._entropy_path(x.device), self._side_offset(offset):
+            out = self.latent_codec.compress(y)
         return {"strings": out["strings"], "shape": image_size, "y_hat": out["y_hat"]}
 
     @torch.no_grad()
@@ -247,7 +312,8 @@ class FEDSCodec(SimpleVAECompressionModel):
             "hyper": (y_size[0] // 4, y_size[1] // 4),
         }
         device = next(self.parameters()).device
-        with self._entropy_path(device):
+        offset = self.gain_units.coding_side_offset(self._quality).to(device) if self.variable_rate else None
+        with self._entropy_path(device), self._side_offset(offset):
             y_hat = self.latent_codec.decompress(strings, latent_shape)["y_hat"]
         x_hat = self.synthesize(y_hat, (height, width))
         if not torch.isfinite(x_hat).all():
@@ -255,25 +321,33 @@ class FEDSCodec(SimpleVAECompressionModel):
         return {"x_hat": x_hat, "y_hat": y_hat}
 
     def synthesize(self, y_hat: Tensor, image_size: Sequence[int]) -> Tensor:
-        """Decodes a quantized latent into an image of ``image_size``, clamped to [0, 1]."""
+        """Decodes a quantized latent (of :meth:`compress`) into an image of
+        ``image_size``, clamped to [0, 1]."""
         _, unpad = compute_padding(*image_size, min_div=PAD_MULTIPLE)
+        if self.variable_rate:
+            y_hat = y_hat * self.gain_units(self._qualities(None, 1, y_hat.device))[1]
         return F.pad(self.g_s(y_hat), unpad).clamp_(0, 1)
 
     @classmethod
-    def from_state_dict(cls, state_dict: Mapping[str, Tensor]) -> FEDSCodec:
+    def from_state_dict(cls, state_dict: Mapping[str, Tensor], variable_rate: bool = False) -> FEDSCodec:
         """Builds the codec a state dict was saved from and loads it.
 
         ``FEDSCodec.from_state_dict`` returns a :class:`FEDSTeacher` or
         :class:`FEDSStudent` when the weights have that class's default sizes.
+        ``variable_rate`` adds gain units to the weights of a fixed-rate codec, at their
+        start (gain 1 at quality 3): a codec trained at quality 3 is a warm start for
+        variable-rate training.
         """
         try:
             config = _config_from_state_dict(state_dict)
         except (KeyError, IndexError) as exc:
             raise ValueError(f"this state dict is not from a {cls.__name__} (missing {exc})") from None
         if cls is FEDSCodec:
-            cls = next((sub for sub in cls.__subclasses__() if _default_config(sub) == config), cls)
-        net = cls(**config)
-        net.load_state_dict(state_dict)
+            sizes = {k: v for k, v in config.items() if k != "variable_rate"}
+            cls = next((sub for sub in cls.__subclasses__() if _default_config(sub) == sizes), cls)
+        added = variable_rate and not config["variable_rate"]
+        net = cls(**{**config, "variable_rate": config["variable_rate"] or variable_rate})
+        net.load_state_dict({**net.state_dict(), **state_dict} if added else state_dict)
         return net
 
 
@@ -299,6 +373,7 @@ def _config_from_state_dict(state_dict: Mapping[str, Tensor]) -> dict[str, Any]:
         "groups": groups,
         "num_res_blocks": len(res_blocks) - 1,  # minus the strided block
         "attention": any(".blocks.0.attn." in k for k in state_dict),
+        "variable_rate": "gain_units.log_gain" in state_dict,
     }
 
 
@@ -319,8 +394,9 @@ class FEDSTeacher(FEDSCodec):
         num_res_blocks: int = 2,
         attention: bool = True,
         window_size: int = 8,
+        variable_rate: bool = False,
     ) -> None:
-        super().__init__(N, M, groups, num_res_blocks, attention, window_size)
+        super().__init__(N, M, groups, num_res_blocks, attention, window_size, variable_rate)
 
 
 @register_model("feds-student")
@@ -340,5 +416,6 @@ class FEDSStudent(FEDSCodec):
         num_res_blocks: int = 1,
         attention: bool = False,
         window_size: int = 8,
+        variable_rate: bool = False,
     ) -> None:
-        super().__init__(N, M, groups, num_res_blocks, attention, window_size)
+        super().__init__(N, M, groups, num_res_blocks, attention, window_size, variable_rate)

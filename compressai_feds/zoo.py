@@ -1,17 +1,20 @@
-"""Quality-level zoo of the FEDS codecs, in CompressAI's zoo convention.
+"""Zoo of the FEDS codecs, in CompressAI's zoo convention.
 
 Checkpoints ship inside the package (the repository's ``zoo/`` folder, installed
-as ``compressai_feds/checkpoints``); nothing is downloaded. A checkpoint is named
-``{architecture}-{metric}-{quality}-{sha256 prefix}.pth.tar``, the name
-``python -m compressai.utils.update_model -n {architecture}-{metric}-{quality}``
-gives it, and its hash prefix is checked on load.
+as ``compressai_feds/checkpoints``); nothing is downloaded. A variable-rate
+checkpoint serves every quality of its architecture and metric and is named
+``{architecture}-{metric}-{sha256 prefix}.pth.tar``; a fixed-rate one serves one
+quality, ``{architecture}-{metric}-{quality}-{sha256 prefix}.pth.tar``. These are
+the names ``python -m compressai.utils.update_model -n {architecture}-{metric}[-{quality}]``
+gives; the hash prefix is checked on load. Where both exist, the variable-rate
+checkpoint is used.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Callable
+import re
 from pathlib import Path
 from typing import Any
 
@@ -20,9 +23,9 @@ import torch.nn as nn
 from compressai.registry import MODELS
 
 from .models import FEDSCodec, FEDSStudent, FEDSTeacher
+from .quality import LAMBDAS, check_quality
 
 __all__ = [
-    "LAMBDAS",
     "architecture_name",
     "checkpoint_dir",
     "feds_student",
@@ -31,14 +34,6 @@ __all__ = [
     "load_codec",
     "shared_duplicates",
 ]
-
-#: Rate-distortion trade-off of each quality level: the tables of CompressAI's
-#: pretrained models (``compressai/zoo/image.py``, training λ of the MSE and
-#: MS-SSIM models).
-LAMBDAS: dict[str, dict[int, float]] = {
-    "mse": {1: 0.0018, 2: 0.0035, 3: 0.0067, 4: 0.0130, 5: 0.0250, 6: 0.0483},
-    "ms-ssim": {1: 2.40, 2: 4.58, 3: 8.73, 4: 16.64, 5: 31.73, 6: 60.50},
-}
 
 #: Environment variable that points the zoo at another checkpoint folder.
 CHECKPOINT_DIR_ENV = "COMPRESSAI_FEDS_ZOO"
@@ -56,19 +51,32 @@ def checkpoint_dir() -> Path:
     return installed if installed.is_dir() else package.parent / "zoo"
 
 
-def _find_checkpoint(architecture: str, metric: str, quality: int) -> Path:
-    stem = f"{architecture}-{metric}-{quality}"
+def _matching(folder: Path, stem: str) -> list[Path]:
+    """Checkpoints named ``{stem}-{sha256 prefix}.pth.tar`` in ``folder``."""
+    if not folder.is_dir():
+        return []
+    pattern = re.compile(re.escape(stem) + r"-[0-9a-f]{8,64}\.pth\.tar")
+    found = sorted(p for p in folder.iterdir() if pattern.fullmatch(p.name))
+    if len(found) > 1:
+        raise RuntimeError(f"several checkpoints match {stem}: {[p.name for p in found]}")
+    return found
+
+
+def _find_checkpoint(architecture: str, metric: str, quality: float) -> Path:
+    """The variable-rate checkpoint of ``architecture`` and ``metric``, else the
+    fixed-rate one of ``quality``."""
     folder = checkpoint_dir()
-    found = sorted(folder.glob(f"{stem}-*.pth.tar")) if folder.is_dir() else []
+    found = _matching(folder, f"{architecture}-{metric}")
+    if not found and quality == int(quality):
+        found = _matching(folder, f"{architecture}-{metric}-{int(quality)}")
     if not found:
+        stem = f"{architecture}-{metric}" + (f"-{int(quality)}" if quality == int(quality) else "")
         raise FileNotFoundError(
-            f"no pretrained {architecture} checkpoint for metric={metric!r}, quality={quality}: "
+            f"no pretrained {architecture} checkpoint for metric={metric!r}, quality={quality:g}: "
             f"expected {folder / (stem + '-<sha256 prefix>.pth.tar')} (train one, then export "
             f"it there with `python -m compressai.utils.update_model -a {architecture} "
             f"-n {stem} -d {folder} CHECKPOINT`)"
         )
-    if len(found) > 1:
-        raise RuntimeError(f"several checkpoints match {stem}: {[p.name for p in found]}")
     return found[0]
 
 
@@ -79,7 +87,7 @@ def _verify_hash(path: Path) -> None:
         raise RuntimeError(f"checkpoint {path} is corrupted: sha256 {digest[:8]} != {expected}")
 
 
-def load_pretrained(architecture: str, metric: str, quality: int) -> dict[str, torch.Tensor]:
+def load_pretrained(architecture: str, metric: str, quality: float) -> dict[str, torch.Tensor]:
     """State dict of the shipped checkpoint, hash-checked and loaded without
     unpickling code (``weights_only=True``)."""
     from compressai.zoo.pretrained import load_pretrained as remap_keys
@@ -92,55 +100,79 @@ def load_pretrained(architecture: str, metric: str, quality: int) -> dict[str, t
 def _load_model(
     architecture: str,
     model_class: type[FEDSCodec],
-    quality: int,
+    quality: float,
     metric: str,
     pretrained: bool,
     **kwargs: Any,
 ) -> FEDSCodec:
     if metric not in LAMBDAS:
         raise ValueError(f"invalid metric {metric!r}: choose from {sorted(LAMBDAS)}")
-    if quality not in LAMBDAS[metric]:
-        raise ValueError(f"invalid quality {quality!r}: choose from {sorted(LAMBDAS[metric])}")
+    check_quality(quality)
     if not pretrained:
-        return model_class(**kwargs)
-    if kwargs:
+        net = model_class(**kwargs)
+    elif kwargs:
         raise ValueError(f"pretrained {architecture} takes no architecture arguments, got {sorted(kwargs)}")
-    return model_class.from_state_dict(load_pretrained(architecture, metric, quality))
+    else:
+        net = model_class.from_state_dict(load_pretrained(architecture, metric, quality))
+    if net.variable_rate:
+        net.quality = quality
+    elif quality != int(quality):
+        raise ValueError(
+            f"invalid quality {quality!r}: a fixed-rate {architecture} takes a whole quality from 1 to 6"
+        )
+    return net
 
 
-def _zoo_function(architecture: str, model_class: type[FEDSCodec]) -> Callable[..., FEDSCodec]:
-    def load(
-        quality: int, metric: str = "mse", pretrained: bool = False, progress: bool = True, **kwargs: Any
-    ) -> FEDSCodec:
-        return _load_model(architecture, model_class, quality, metric, pretrained, **kwargs)
-
-    load.__name__ = load.__qualname__ = architecture.replace("-", "_")
-    load.__doc__ = f"""{model_class.__name__} at a quality level (CompressAI zoo convention).
+def feds_teacher(
+    quality: float, metric: str = "mse", pretrained: bool = False, progress: bool = True, **kwargs: Any
+) -> FEDSTeacher:
+    r"""FEDS teacher (Fu et al., arXiv 2503.06399: teacher model) at a quality, in
+    CompressAI's zoo convention.
 
     Args:
-        quality: 1 (lowest rate) to 6; the training λ is ``LAMBDAS[metric][quality]``.
+        quality: 1 (lowest rate) to 6, the levels of CompressAI's λ table
+            (:data:`~compressai_feds.quality.LAMBDAS`); a variable-rate model also
+            takes any real quality between.
         metric: ``"mse"`` or ``"ms-ssim"``, the distortion it was trained for.
         pretrained: Load the checkpoint shipped with the package (never
             downloads; raises ``FileNotFoundError`` naming the expected file if
             it is not there).
         progress: Unused (nothing is downloaded); kept for CompressAI's signature.
-        **kwargs: Constructor arguments of :class:`{model_class.__name__}`
+        **kwargs: Constructor arguments of :class:`~compressai_feds.FEDSTeacher`
             (untrained models only).
     """
-    load.architecture = model_class
-    return load
+    return _load_model("feds-teacher", FEDSTeacher, quality, metric, pretrained, **kwargs)
 
 
-feds_teacher = _zoo_function("feds-teacher", FEDSTeacher)
-feds_student = _zoo_function("feds-student", FEDSStudent)
+def feds_student(
+    quality: float, metric: str = "mse", pretrained: bool = False, progress: bool = True, **kwargs: Any
+) -> FEDSStudent:
+    r"""FEDS student (Fu et al., arXiv 2503.06399: student model) at a quality, in
+    CompressAI's zoo convention.
+
+    Args:
+        quality: 1 (lowest rate) to 6, the levels of CompressAI's λ table
+            (:data:`~compressai_feds.quality.LAMBDAS`); a variable-rate model also
+            takes any real quality between.
+        metric: ``"mse"`` or ``"ms-ssim"``, the distortion it was trained for.
+        pretrained: Load the checkpoint shipped with the package (never
+            downloads; raises ``FileNotFoundError`` naming the expected file if
+            it is not there).
+        progress: Unused (nothing is downloaded); kept for CompressAI's signature.
+        **kwargs: Constructor arguments of :class:`~compressai_feds.FEDSStudent`
+            (untrained models only).
+    """
+    return _load_model("feds-student", FEDSStudent, quality, metric, pretrained, **kwargs)
 
 
-def load_codec(path: str | Path, architecture: str | None = None) -> nn.Module:
+def load_codec(path: str | Path, architecture: str | None = None, variable_rate: bool = False) -> nn.Module:
     """A codec from a checkpoint file (ours, CompressAI's or a bare state dict),
     unpickled with ``weights_only=True``: files that carry code are refused.
 
     The class is the one the checkpoint names, else ``architecture``, else
-    :class:`FEDSCodec` (which reads its sizes off the weights)."""
+    :class:`FEDSCodec` (which reads its sizes off the weights). ``variable_rate``:
+    a fixed-rate codec's weights with gain units added
+    (:meth:`FEDSCodec.from_state_dict`)."""
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
@@ -151,7 +183,10 @@ def load_codec(path: str | Path, architecture: str | None = None) -> nn.Module:
         raise ValueError(f"{path} holds a {type(checkpoint).__name__}, not a state dict")
     state_dict = checkpoint.get("state_dict", checkpoint)
     name = checkpoint.get("architecture") or architecture or ""
-    return MODELS.get(name, FEDSCodec).from_state_dict(state_dict)
+    model_class = MODELS.get(name, FEDSCodec)
+    if variable_rate:
+        return model_class.from_state_dict(state_dict, variable_rate=True)
+    return model_class.from_state_dict(state_dict)
 
 
 def half_precision(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
