@@ -1,6 +1,7 @@
 """``compressai-feds``: one command with a sub-command per job.
 
-    compressai-feds encode IMAGE... [-o FILE|DIR] [-a feds-student] [-q 3] [--checkpoint CKPT] [--metrics]
+    compressai-feds encode IMAGE... [-o FILE|DIR] [-a feds-student] [-q 3 | --target-bpp B | --target-psnr P]
+                           [--checkpoint CKPT] [--metrics]
     compressai-feds decode FILE...  [-o IMAGE.png|DIR] [--checkpoint CKPT]
     compressai-feds info FILE...
     compressai-feds train ...       # the FEDS trainer (see compressai_feds.train)
@@ -16,7 +17,6 @@ exit status; no partial output file is left behind.
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import sys
 import tempfile
@@ -24,7 +24,6 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
@@ -58,13 +57,6 @@ def _write_atomically(path: Path, write: Callable[[Path], None]) -> None:
         raise
 
 
-def _psnr(a: Image.Image, b: Image.Image) -> float:
-    x = np.asarray(a.convert("RGB"), dtype=np.float64)
-    y = np.asarray(b.convert("RGB"), dtype=np.float64)
-    mse = np.mean((x - y) ** 2)
-    return 10 * math.log10(255**2 / mse) if mse > 0 else math.inf
-
-
 def _run_each(paths: list[Path], job: Callable[[Path], str], desc: str) -> int:
     """Runs ``job`` on every path, one line of output each; returns the exit status."""
     failures = 0
@@ -89,15 +81,19 @@ def _open_image(path: Path) -> Image.Image:
 
 
 def encode(args: argparse.Namespace) -> int:
-    from .codec import Codec, CodecError, compress_image
+    from .codec import Codec, CodecError, compress_image, compress_to_target, image_psnr
 
+    targeted = args.target_bpp is not None or args.target_psnr is not None
+    quality = 3 if args.quality is None else args.quality
     try:
         codec = (
-            Codec.from_checkpoint(args.checkpoint, args.architecture, args.metric)
+            Codec.from_checkpoint(args.checkpoint, args.architecture, args.metric, quality)
             if args.checkpoint
-            else Codec.from_zoo(args.architecture, args.quality, args.metric)
+            else Codec.from_zoo(args.architecture, quality, args.metric)
         )
-    except CodecError as exc:
+        if targeted and not codec.net.variable_rate:
+            raise CodecError(f"{codec.describe()} codes at one quality: targets need a variable-rate model")
+    except (CodecError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     outputs = dict(zip(args.inputs, _output_paths(args.inputs, args.output, SUFFIX), strict=True))
@@ -105,11 +101,21 @@ def encode(args: argparse.Namespace) -> int:
     def job(path: Path) -> str:
         image = _open_image(path)
         start = time.perf_counter()
-        data, reconstruction = compress_image(codec, image, args.tile_size, reconstruct=args.metrics)
+        if targeted:
+            data, reconstruction, choice = compress_to_target(
+                codec, image, args.target_bpp, args.target_psnr, args.tile_size
+            )
+            target = f"{args.target_bpp} bpp" if args.target_bpp is not None else f"{args.target_psnr} dB"
+            chosen = f", quality {choice.quality:g} ({'meets' if choice.met else 'CANNOT meet'} {target})"
+        else:
+            data, reconstruction = compress_image(codec, image, args.tile_size, reconstruct=args.metrics)
+            chosen = ""
         seconds = time.perf_counter() - start
         _write_atomically(outputs[path], lambda tmp: tmp.write_bytes(data))
-        line = f"{path} -> {outputs[path]}: {len(data) * 8 / (image.width * image.height):.4f} bpp, {seconds:.2f} s"
-        return line + (f", PSNR {_psnr(image, reconstruction):.2f} dB" if args.metrics else "")
+        line = f"{path} -> {outputs[path]}: {len(data) * 8 / (image.width * image.height):.4f} bpp{chosen}, {seconds:.2f} s"
+        if args.metrics and reconstruction is None:
+            reconstruction = compress_image(codec, image, args.tile_size)[1]
+        return line + (f", PSNR {image_psnr(image, reconstruction):.2f} dB" if args.metrics else "")
 
     return _run_each(args.inputs, job, "encode")
 
@@ -127,7 +133,7 @@ def decode(args: argparse.Namespace) -> int:
         if key not in codecs:
             if args.checkpoint:
                 codecs[key] = Codec.from_checkpoint(args.checkpoint, header.architecture, header.metric)
-            elif header.quality == 0:
+            elif header.from_checkpoint:
                 raise ValueError(f"coded with a checkpoint ({header.model_name}): pass it with --checkpoint")
             else:
                 codecs[key] = Codec.from_zoo(header.architecture, header.quality, header.metric)
@@ -170,7 +176,23 @@ def build_parser() -> argparse.ArgumentParser:
     enc.add_argument("inputs", nargs="+", type=Path)
     enc.add_argument("-o", "--output", type=Path, help="output file (one input) or folder")
     enc.add_argument("-a", "--architecture", default="feds-student", choices=["feds-student", "feds-teacher"])
-    enc.add_argument("-q", "--quality", type=int, default=3, choices=range(1, 7))
+    rate = enc.add_mutually_exclusive_group()
+    rate.add_argument(
+        "-q",
+        "--quality",
+        type=float,
+        help="1 (lowest rate) to 6, default 3; a variable-rate model takes any real value between",
+    )
+    rate.add_argument(
+        "--target-bpp",
+        type=float,
+        help="per image, the highest quality whose file takes at most B bits per pixel (variable-rate models)",
+    )
+    rate.add_argument(
+        "--target-psnr",
+        type=float,
+        help="per image, the lowest quality whose decoded image reaches P dB PSNR-RGB (variable-rate models)",
+    )
     enc.add_argument("-m", "--metric", default="mse", choices=["mse", "ms-ssim"])
     enc.add_argument("--checkpoint", type=Path, help="use these weights instead of the zoo's")
     enc.add_argument("--tile-size", type=int, default=1024, help="side of the independently coded tiles")

@@ -10,6 +10,7 @@ mode; 16-bit images are coded with 8-bit precision.
 from __future__ import annotations
 
 import hashlib
+import math
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,12 +20,32 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-from .container import FLAG_ALPHA, FLAG_PALETTE, ContainerError, Header, describe_model, pack, unpack
+from .container import (
+    FLAG_ALPHA,
+    FLAG_CHECKPOINT,
+    FLAG_PALETTE,
+    ContainerError,
+    Header,
+    describe_model,
+    pack,
+    unpack,
+)
 from .data import SIXTEEN_BIT_MODES, to_8_bit
 from .models import FEDSCodec
+from .quality import MAX_QUALITY, MIN_QUALITY, QUALITY_GRID
 from .zoo import architecture_name, load_codec
 
-__all__ = ["Codec", "CodecError", "compress_image", "decompress_image", "decompress_streams", "model_id"]
+__all__ = [
+    "Codec",
+    "CodecError",
+    "RateControl",
+    "compress_image",
+    "compress_to_target",
+    "decompress_image",
+    "decompress_streams",
+    "image_psnr",
+    "model_id",
+]
 
 DEFAULT_TILE_SIZE = 1024
 MAX_PIXELS = 1 << 28
@@ -58,11 +79,12 @@ class Codec:
     net: FEDSCodec
     architecture: str
     metric: str
-    quality: int  # 0: loaded from a checkpoint
+    quality: float  # 0: a fixed-rate model from a checkpoint
     model_id: bytes
+    weights_from_checkpoint: bool = False
 
     @classmethod
-    def from_zoo(cls, architecture: str, quality: int, metric: str = "mse") -> Codec:
+    def from_zoo(cls, architecture: str, quality: float, metric: str = "mse") -> Codec:
         from compressai.zoo import image_models
 
         if architecture not in image_models:
@@ -71,14 +93,19 @@ class Codec:
             net = image_models[architecture](quality=quality, metric=metric, pretrained=True)
         except FileNotFoundError as exc:
             raise CodecError(f"{exc}; or pass --checkpoint") from None
-        return cls._ready(net, architecture, metric, quality)
+        return cls._ready(net, architecture, metric, quality, weights_from_checkpoint=False)
 
     @classmethod
     def from_checkpoint(
-        cls, path: str | Path, architecture: str = "feds-student", metric: str = "mse"
+        cls,
+        path: str | Path,
+        architecture: str = "feds-student",
+        metric: str = "mse",
+        quality: float | None = None,
     ) -> Codec:
         """``architecture`` names a checkpoint that does not name itself (a bare
-        state dict, as ``update_model`` writes)."""
+        state dict, as ``update_model`` writes); ``quality`` is the one a
+        variable-rate checkpoint codes at (a fixed-rate one ignores it)."""
         path = Path(path)
         if not path.is_file():
             raise CodecError(f"checkpoint {path} does not exist")
@@ -88,16 +115,34 @@ class Codec:
             raise CodecError(f"refusing checkpoint {path}: {exc}") from None
         if not isinstance(net, FEDSCodec):
             raise CodecError(f"{path} is not a FEDS codec checkpoint")
-        return cls._ready(net, architecture_name(net), metric, 0)
+        quality = (quality or net.quality) if net.variable_rate else 0
+        return cls._ready(net, architecture_name(net), metric, quality, weights_from_checkpoint=True)
 
     @classmethod
-    def _ready(cls, net: FEDSCodec, architecture: str, metric: str, quality: int) -> Codec:
+    def _ready(
+        cls, net: FEDSCodec, architecture: str, metric: str, quality: float, weights_from_checkpoint: bool
+    ) -> Codec:
         net = net.eval()
         net.update()  # builds the CDFs only if the checkpoint has none
-        return cls(net, architecture, metric, quality, model_id(net))
+        codec = cls(net, architecture, metric, quality, model_id(net), weights_from_checkpoint)
+        if net.variable_rate:
+            codec.set_quality(quality)
+        return codec
+
+    def set_quality(self, quality: float) -> None:
+        """Codes at ``quality`` from now on (a variable-rate model; else ``CodecError``)."""
+        if not self.net.variable_rate:
+            raise CodecError(f"{self.architecture} here is a fixed-rate model: it codes at one quality only")
+        try:
+            self.net.quality = quality
+        except ValueError as exc:
+            raise CodecError(str(exc)) from None
+        self.quality = self.net.quality
 
     def describe(self) -> str:
-        return describe_model(self.architecture, self.metric, self.quality, self.model_id)
+        return describe_model(
+            self.architecture, self.metric, self.quality, self.model_id, self.weights_from_checkpoint
+        )
 
 
 def _tiles(height: int, width: int, size: int) -> list[tuple[int, int, int, int]]:
@@ -165,7 +210,7 @@ def compress_image(
             reconstruction[:, top : top + h, left : left + w] = _to_uint8(
                 codec.net.synthesize(enc["y_hat"], (h, w))
             )
-    flags = 0
+    flags = FLAG_CHECKPOINT if codec.weights_from_checkpoint else 0
     if alpha is not None:
         streams.append(zlib.compress(alpha, 9))
         flags |= FLAG_ALPHA
@@ -177,6 +222,74 @@ def compress_image(
     )
     decoded = _join_image(reconstruction, mode, alpha, palette) if reconstruct else None
     return pack(header, streams), decoded
+
+
+def image_psnr(a: Image.Image, b: Image.Image) -> float:
+    """PSNR in dB of two images' RGB renderings (``inf`` when they are equal)."""
+    x = np.asarray(a.convert("RGB"), dtype=np.float64)
+    y = np.asarray(b.convert("RGB"), dtype=np.float64)
+    mse = np.mean((x - y) ** 2)
+    return 10 * math.log10(255**2 / mse) if mse > 0 else math.inf
+
+
+@dataclass(frozen=True)
+class RateControl:
+    """What :func:`compress_to_target` chose: the quality, the rate (bits per pixel, the
+    whole file) and PSNR it gives, and whether it meets the target."""
+
+    quality: float
+    bpp: float
+    psnr: float | None
+    met: bool
+
+
+def compress_to_target(
+    codec: Codec,
+    image: Image.Image,
+    target_bpp: float | None = None,
+    target_psnr: float | None = None,
+    tile_size: int = DEFAULT_TILE_SIZE,
+) -> tuple[bytes, Image.Image | None, RateControl]:
+    """Codes ``image`` with a variable-rate model at the quality that meets a target:
+    the highest whose file takes at most ``target_bpp`` bits per pixel, or the lowest
+    whose decoded image reaches ``target_psnr`` dB. Bisection over the qualities the
+    files store (1/256 apart), each step a real encode (about 11 in all). Where no
+    quality meets it, the closest end (quality 1 or 6), with ``met`` false.
+    Returns the file, the decoded image (with ``target_psnr``) and the choice."""
+    if (target_bpp is None) == (target_psnr is None):
+        raise CodecError("give one target: a rate in bits per pixel or a PSNR in dB")
+    target = target_bpp if target_bpp is not None else target_psnr
+    if not math.isfinite(target) or target <= 0:
+        raise CodecError(f"the target must be a positive number, got {target}")
+    pixels = image.width * image.height
+    results: dict[int, tuple[bytes, Image.Image | None, RateControl]] = {}
+
+    def code(step: int) -> tuple[bytes, Image.Image | None, RateControl]:
+        if step not in results:
+            codec.set_quality(step / QUALITY_GRID)
+            data, decoded = compress_image(codec, image, tile_size, reconstruct=target_psnr is not None)
+            bpp = len(data) * 8 / pixels
+            psnr = image_psnr(image, decoded) if decoded is not None else None
+            met = bpp <= target_bpp if target_bpp is not None else psnr >= target_psnr
+            results[step] = (data, decoded, RateControl(step / QUALITY_GRID, bpp, psnr, met))
+        return results[step]
+
+    # the bpp target wants the highest quality that meets it, the PSNR target the lowest
+    low, high = MIN_QUALITY * QUALITY_GRID, MAX_QUALITY * QUALITY_GRID
+    wanted_end, other_end = (high, low) if target_bpp is not None else (low, high)
+    if code(wanted_end)[2].met:
+        return code(wanted_end)
+    if not code(other_end)[2].met:
+        return code(other_end)
+    meets, fails = other_end, wanted_end  # invariant: quality `meets` meets the target, `fails` does not
+    while abs(fails - meets) > 1:
+        middle = (meets + fails) // 2
+        if code(middle)[2].met:
+            meets = middle
+        else:
+            fails = middle
+    codec.set_quality(meets / QUALITY_GRID)
+    return code(meets)
 
 
 def check_model(header: Header, codec: Codec) -> None:
@@ -194,8 +307,11 @@ def decompress_image(codec: Codec, data: bytes) -> Image.Image:
 
 @torch.no_grad()
 def decompress_streams(codec: Codec, header: Header, streams: list[bytes]) -> Image.Image:
-    """Decodes the parsed contents of a ``.feds`` file."""
+    """Decodes the parsed contents of a ``.feds`` file (a variable-rate model at the
+    file's quality)."""
     check_model(header, codec)
+    if codec.net.variable_rate:
+        codec.set_quality(header.quality)
     if header.width * header.height > MAX_PIXELS:
         raise CodecError(f"{header.width}x{header.height} exceeds the {MAX_PIXELS:,}-pixel limit")
     extras = bool(header.flags & FLAG_ALPHA) + bool(header.flags & FLAG_PALETTE)

@@ -6,15 +6,17 @@ All integers are big-endian. Strings are ASCII, prefixed by their length (1 byte
 field          bytes     meaning
 =============  ========  ====================================================
 magic          4         ``FEDS``
-version        1         format version, currently 3 (1: float path; 2: 16-bit fixed point; refused)
+version        1         format version, currently 4 (1: float path; 2: 16-bit fixed point; 3: integer
+                         quality; refused)
 architecture   1 + n     e.g. ``feds-student``
 metric         1 + n     ``mse`` or ``ms-ssim``
 mode           1 + n     PIL mode of the original image (``RGB``, ``L``, ...)
-quality        1         1-6 for zoo models, 0 for a checkpoint
+quality        2         quality × 256 (1.0-6.0 on a grid of 1/256); 0: a fixed-rate checkpoint
 model id       8         first 8 bytes of the SHA-256 of the model's weights
 width, height  4 + 4     image size in pixels
 tile size      4         side of the square tiles coded independently
-flags          1         bit 0: alpha plane stored; bit 1: palette stored
+flags          1         bit 0: alpha plane stored; bit 1: palette stored; bit 2: weights
+                         from a checkpoint, not the zoo
 streams        4         number of bitstreams ``k``
 lengths        4 k       length of each bitstream
 payload        sum       the bitstreams, in order
@@ -31,14 +33,28 @@ import struct
 import zlib
 from dataclasses import dataclass
 
-__all__ = ["FORMAT_VERSION", "MAGIC", "ContainerError", "Header", "describe_model", "pack", "unpack"]
+from .quality import MAX_QUALITY, MIN_QUALITY, QUALITY_GRID
+
+__all__ = [
+    "FLAG_ALPHA",
+    "FLAG_CHECKPOINT",
+    "FLAG_PALETTE",
+    "FORMAT_VERSION",
+    "MAGIC",
+    "ContainerError",
+    "Header",
+    "describe_model",
+    "pack",
+    "unpack",
+]
 
 MAGIC = b"FEDS"
-FORMAT_VERSION = 3
+FORMAT_VERSION = 4
 FLAG_ALPHA = 1
 FLAG_PALETTE = 2
+FLAG_CHECKPOINT = 4
 MAX_STREAMS = 1 << 20
-_FIXED = struct.Struct(">B8sIIIB")  # quality, model id, width, height, tile size, flags
+_FIXED = struct.Struct(">H8sIIIB")  # quality × 256, model id, width, height, tile size, flags
 
 
 class ContainerError(ValueError):
@@ -51,7 +67,7 @@ class Header:
 
     architecture: str
     metric: str
-    quality: int
+    quality: float  # 0: a fixed-rate model from a checkpoint
     model_id: bytes
     width: int
     height: int
@@ -60,14 +76,24 @@ class Header:
     flags: int = 0
 
     @property
+    def from_checkpoint(self) -> bool:
+        return bool(self.flags & FLAG_CHECKPOINT)
+
+    @property
     def model_name(self) -> str:
-        return describe_model(self.architecture, self.metric, self.quality, self.model_id)
+        return describe_model(
+            self.architecture, self.metric, self.quality, self.model_id, self.from_checkpoint
+        )
 
 
-def describe_model(architecture: str, metric: str, quality: int, model_id: bytes) -> str:
-    """How files and messages name a model, e.g. ``feds-student (mse, quality 3, model id ...)``."""
-    source = f"quality {quality}" if quality else "a checkpoint"
-    return f"{architecture} ({metric}, {source}, model id {model_id.hex()})"
+def describe_model(
+    architecture: str, metric: str, quality: float, model_id: bytes, from_checkpoint: bool = False
+) -> str:
+    """How files and messages name a model, e.g. ``feds-student (mse, quality 3, model id ...)``
+    or ``feds-student (mse, quality 2.5, a checkpoint, model id ...)``."""
+    source = [f"quality {quality:g}"] if quality else []
+    source += ["a checkpoint"] if from_checkpoint or not quality else []
+    return f"{architecture} ({metric}, {', '.join(source)}, model id {model_id.hex()})"
 
 
 def _pack_str(value: str) -> bytes:
@@ -81,6 +107,8 @@ def pack(header: Header, streams: list[bytes]) -> bytes:
     """Serialises a header and its bitstreams into a container."""
     if len(header.model_id) != 8:
         raise ValueError("model id must be 8 bytes")
+    if header.quality and not MIN_QUALITY <= header.quality <= MAX_QUALITY:
+        raise ValueError(f"quality must be 0 or from {MIN_QUALITY} to {MAX_QUALITY}, got {header.quality}")
     body = b"".join(
         [
             MAGIC,
@@ -89,7 +117,12 @@ def pack(header: Header, streams: list[bytes]) -> bytes:
             _pack_str(header.metric),
             _pack_str(header.mode),
             _FIXED.pack(
-                header.quality, header.model_id, header.width, header.height, header.tile_size, header.flags
+                round(header.quality * QUALITY_GRID),
+                header.model_id,
+                header.width,
+                header.height,
+                header.tile_size,
+                header.flags,
             ),
             struct.pack(">I", len(streams)),
             struct.pack(f">{len(streams)}I", *(len(s) for s in streams)),
@@ -134,7 +167,8 @@ def unpack(data: bytes) -> tuple[Header, list[bytes]]:
     reader = _Reader(data, len(data) - 4)
     reader.take(5)
     architecture, metric, mode = reader.string(), reader.string(), reader.string()
-    quality, model_id, width, height, tile_size, flags = _FIXED.unpack(reader.take(_FIXED.size))
+    quality_steps, model_id, width, height, tile_size, flags = _FIXED.unpack(reader.take(_FIXED.size))
+    quality = quality_steps / QUALITY_GRID
     (count,) = struct.unpack(">I", reader.take(4))
     if count > MAX_STREAMS:
         raise ContainerError(f"implausible number of bitstreams ({count})")
@@ -144,5 +178,7 @@ def unpack(data: bytes) -> tuple[Header, list[bytes]]:
         raise ContainerError("stream lengths do not match the file size")
     if width == 0 or height == 0 or tile_size == 0 or tile_size % 64:
         raise ContainerError(f"invalid image size {width}x{height} or tile size {tile_size}")
+    if quality and not MIN_QUALITY <= quality <= MAX_QUALITY:
+        raise ContainerError(f"invalid quality {quality:g}")
     header = Header(architecture, metric, quality, model_id, width, height, mode, tile_size, flags)
     return header, streams
