@@ -49,6 +49,7 @@ import torch
 
 from .config import Stage, TrainingConfig
 from .data import find_images
+from .quality import QUALITIES
 from .trainer import plot_metrics
 from .zoo import half_precision, shared_duplicates
 
@@ -77,7 +78,8 @@ class Job:
     Args:
         name: Unique name; also the name of its run and log folders.
         model: Architecture trained (``feds-teacher`` or ``feds-student``).
-        quality: Quality level; sets λ.
+        quality: Quality level; sets λ (``None`` for a variable-rate job: its
+            ``settings`` name the ``qualities``).
         stages: The FEDS stages (see :class:`~.config.Stage`).
         export: Zoo name of the exported weights, e.g. ``feds-student-mse-3``
             (a ``folder/`` prefix keeps ablations out of the zoo's lookup).
@@ -90,7 +92,7 @@ class Job:
 
     name: str
     model: str
-    quality: int
+    quality: int | None
     stages: list[Stage]
     export: str
     teacher: str | None = None
@@ -259,7 +261,7 @@ class Campaign:
             val=str(val),
             student=student,
             teacher=teacher,
-            quality=job.quality,
+            quality=job.quality or TrainingConfig.quality,
             lmbda=None,
             stages=job.stages,
             seed=job.seed,
@@ -320,12 +322,21 @@ class Campaign:
         if not checkpoint.is_file():
             self._write_state(job, status=status, wall_seconds=wall)
             return
-        step = torch.load(checkpoint, map_location="cpu", weights_only=True)["step"]
+        saved = torch.load(checkpoint, map_location="cpu", weights_only=True)
+        step = saved["step"]
         folder, name = self._export_location(job)
         folder.mkdir(parents=True, exist_ok=True)
         update_model = importlib.import_module("compressai.utils.update_model.__main__")
         with tempfile.TemporaryDirectory(dir=folder) as tmp:
+            if "ema" in saved:  # the moving average of the weights is what ships
+                averaged = {
+                    k.removeprefix("module."): v for k, v in saved["ema"].items() if k != "n_averaged"
+                }
+                checkpoint = Path(tmp) / "averaged.pth"
+                torch.save({"state_dict": averaged}, checkpoint)
             update_model.main([str(checkpoint), "-a", job.model, "-n", name, "-d", tmp])
+            if checkpoint.parent == Path(tmp):
+                checkpoint.unlink()
             (updated,) = Path(tmp).glob("*.pth.tar")
             state_dict = torch.load(updated, weights_only=True)
             updated.unlink()
@@ -461,9 +472,15 @@ def plot_validation(jobs: list[Job], logs: Path, output: Path) -> None:
         if not metrics.is_file():
             continue
         val = [r for r in map(json.loads, metrics.read_text().splitlines()) if "val" in r]
-        if val:
-            steps, losses = [r["step"] for r in val], [r["val"]["rd_loss"] for r in val]
-            curves.setdefault(job.quality, []).append((job, steps, losses))
+        # a variable-rate job validates at several qualities ("q1", ...), drawn in each one's panel;
+        # with a moving average of its weights, the averaged weights' figures (those it exports)
+        key = "val_ema" if val and "val_ema" in val[-1] else "val"
+        for quality in [job.quality] if job.quality else QUALITIES:
+            points = [(r["step"], r[key] if job.quality else r[key].get(f"q{quality}", {})) for r in val]
+            points = [(step, figures["rd_loss"]) for step, figures in points if "rd_loss" in figures]
+            if points:
+                steps, losses = (list(values) for values in zip(*points, strict=True))
+                curves.setdefault(quality, []).append((job, steps, losses))
     if not curves:
         return
     qualities = sorted(curves)

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from .models import FEATURE_NAMES
-from .zoo import LAMBDAS
+from .quality import LAMBDAS, QUALITIES
 
 __all__ = ["Stage", "TrainingConfig", "default_stages"]
 
@@ -69,6 +69,16 @@ class TrainingConfig:
     them detached. A student fine-tuned from trained weights starts with random
     adapters and its channel term on: at weight 10 its training rate rose from
     0.40 to 0.69 bpp in 300 steps at unchanged MSE (``zoo/sweeps/adapter-warmup``).
+    ``qualities``: train a variable-rate student (``student_args``
+    ``{"variable_rate": true}``) on these levels, each image of a batch at one drawn at
+    random, with its λ (``quality`` and ``lmbda`` then unused); a teacher must be
+    variable-rate too and runs at the same quality. Validation runs at each of
+    ``val_qualities`` (default: ``qualities``) and ranks checkpoints by the geometric mean
+    of their RD losses. ``ema_decay``: keep an exponential moving average of the
+    student's weights (validated beside them as ``val_ema``, and the weights ``best``
+    keeps).
+    ``fast``: channels_last, and bf16 autocast where the device computes bf16 natively
+    (:func:`~.trainer.native_bfloat16`).
     """
 
     data: str = ""
@@ -101,6 +111,9 @@ class TrainingConfig:
     restart_warmup: int = 0
     warmup: int = 0
     adapter_warmup: int = 0
+    qualities: list[int] = field(default_factory=list)
+    val_qualities: list[int] = field(default_factory=list)
+    ema_decay: float = 0.0
 
     def __post_init__(self) -> None:
         self.stages = [Stage(**s) if isinstance(s, dict) else s for s in self.stages]
@@ -115,6 +128,17 @@ class TrainingConfig:
             raise ValueError(f"unknown feature names {sorted(unknown)}; choose from {FEATURE_NAMES}")
         if not self.stages or any(s.steps < 0 for s in self.stages):
             raise ValueError("stages must be a non-empty list with non-negative steps")
+        for name in ("qualities", "val_qualities"):
+            unknown = set(getattr(self, name)) - set(QUALITIES)
+            if unknown:
+                raise ValueError(f"{name} must be levels of {list(QUALITIES)}, got {sorted(unknown)}")
+        if self.qualities and self.metric != "mse":
+            raise ValueError("variable-rate training (qualities) is for the mse metric only")
+        if self.val_qualities and not self.qualities:
+            raise ValueError("val_qualities needs variable-rate training (qualities)")
+        self.val_qualities = self.val_qualities or list(self.qualities)
+        if not 0 <= self.ema_decay < 1:
+            raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
         for name in ("restart_warmup", "warmup", "adapter_warmup"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")

@@ -13,10 +13,14 @@ this module adds what FEDS puts on top of it:
 
 Both own their adapters, which exist at training time only: they are never
 part of the student's checkpoint.
+
+:class:`PerImageRateDistortionLoss` is the rate-distortion term of variable-rate
+training, where every image of a batch has its own quality and λ.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 
 import torch
@@ -28,6 +32,7 @@ from torch import Tensor
 __all__ = [
     "EntropyWeightedChannelLoss",
     "FeatureAlignmentLoss",
+    "PerImageRateDistortionLoss",
     "channel_entropy_bits",
     "make_adapter",
     "spatial_attention",
@@ -159,3 +164,18 @@ class EntropyWeightedChannelLoss(nn.Module):
         kl = (log_p_teacher.exp() * (log_p_teacher - log_p_student)).sum(dim=2)  # (B, C)
         weights = self.channel_weights(teacher_bits.detach())
         return self.tau**2 * (kl * weights).mean()
+
+
+class PerImageRateDistortionLoss(nn.Module):
+    """CompressAI's :class:`~compressai.losses.RateDistortionLoss` (MSE) with one λ per
+    image: ``mean_i(λ_i · 255² · MSE_i) + bpp``, the objective of a variable-rate codec
+    trained on all its levels at once (Cui et al., CVPR 2021, Eq. 8)."""
+
+    def forward(self, output: Mapping, target: Tensor, lmbda: Tensor) -> dict[str, Tensor]:
+        num_pixels = target.size(0) * target.size(2) * target.size(3)
+        bpp = sum(
+            likelihoods.log().sum() / (-math.log(2) * num_pixels)
+            for likelihoods in output["likelihoods"].values()
+        )
+        mse = (output["x_hat"] - target).pow(2).mean(dim=(1, 2, 3))
+        return {"bpp_loss": bpp, "mse_loss": mse.mean(), "loss": (lmbda * 255**2 * mse).mean() + bpp}

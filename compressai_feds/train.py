@@ -83,7 +83,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--cache-images", action="store_true", default=None, help="keep decoded images in memory"
     )
     parser.add_argument(
-        "--fp32", dest="fast", action="store_false", default=None, help="no bf16 autocast / channels_last"
+        "--fp32",
+        dest="fast",
+        action="store_false",
+        default=None,
+        help="float32, contiguous: no channels_last, no bf16 autocast",
     )
     parser.add_argument(
         "--round-quantization",
