@@ -1,0 +1,282 @@
+"""One codec for every quality: gain units, exact decoding at real qualities, the
+quality in the file, rate control, and variable-rate training."""
+
+import copy
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from helpers import SAMPLES
+from PIL import Image
+from test_exact import assert_same_latent, decode, perturbed_float_convolutions, threads
+from torchvision.transforms.functional import to_tensor
+
+from compressai_feds import FEDSStudent, feds_student
+from compressai_feds.codec import Codec, CodecError, compress_image, compress_to_target, decompress_image
+from compressai_feds.container import ContainerError, unpack
+from compressai_feds.gain_units import GainUnits
+from compressai_feds.quality import QUALITY_GRID, lambda_at, snap_quality
+from compressai_feds.zoo import checkpoint_dir, load_codec
+
+SCRIPT = str(Path(sys.executable).parent / "compressai-feds")
+
+
+@pytest.fixture(scope="module")
+def codec_net() -> FEDSStudent:
+    """A variable-rate student with trained transforms (the no-teacher student of
+    quality 3) and gain units and side offsets away from their start, so that every
+    term of the variable-rate path counts."""
+    shipped = sorted((checkpoint_dir() / "ablation").glob("feds-student-noteacher-mse-3-[0-9a-f]*.pth.tar"))
+    if not shipped:
+        pytest.skip("no trained quality-3 student in the repository")
+    torch.manual_seed(0)
+    net = FEDSStudent(variable_rate=True)
+    trained = load_codec(shipped[0], "feds-student").state_dict()
+    net.load_state_dict({**net.state_dict(), **trained})
+    with torch.no_grad():
+        net.gain_units.side_offset.normal_(0, 0.3)
+        net.gain_units.log_gain.add_(torch.randn_like(net.gain_units.log_gain) * 0.05)
+    net.eval().update(force=True)
+    return net
+
+
+@pytest.fixture(scope="module")
+def image() -> torch.Tensor:
+    path = sorted(SAMPLES.glob("*.png"))[0]
+    return to_tensor(Image.open(path).convert("RGB"))[None, :, :192, :256]
+
+
+def coded_bits(encoded) -> int:
+    return sum(len(s[0]) for s in encoded["strings"]) * 8
+
+
+@pytest.mark.parametrize("quality", [1, 2.5, 6])
+def test_round_trip_is_exact_at_real_qualities(codec_net, image, quality):
+    codec_net.quality = quality
+    encoded = codec_net.compress(image)
+    assert_same_latent(codec_net, encoded, decode(codec_net, encoded))
+
+
+def test_rate_and_psnr_increase_with_quality(codec_net, image):
+    rates, errors = [], []
+    for quality in (1, 1.5, 2, 2.5, 3, 4, 5, 6):
+        codec_net.quality = quality
+        encoded = codec_net.compress(image)
+        rates.append(coded_bits(encoded))
+        errors.append(torch.mean((decode(codec_net, encoded)["x_hat"] - image) ** 2).item())
+    assert rates == sorted(rates) and len(set(rates)) == len(rates), rates
+    # (transforms trained at quality 3 only: its neighbours improve, far ends need training)
+    assert errors[:5] == sorted(errors[:5], reverse=True), errors
+
+
+@pytest.mark.parametrize("encode_threads, decode_threads", [(1, 2), (2, 1)])
+def test_quality_2_5_decodes_the_same_latent_at_other_thread_counts(
+    codec_net, image, encode_threads, decode_threads
+):
+    codec_net.quality = 2.5
+    with threads(encode_threads):
+        encoded = codec_net.compress(image)
+    with threads(decode_threads):
+        assert_same_latent(codec_net, encoded, decode(codec_net, encoded))
+
+
+def test_quality_2_5_decodes_the_same_latent_without_onednn_and_perturbed(codec_net, image):
+    codec_net.quality = 2.5
+    encoded = codec_net.compress(image)
+    torch.backends.mkldnn.enabled = False
+    try:
+        assert_same_latent(codec_net, encoded, decode(codec_net, encoded))
+    finally:
+        torch.backends.mkldnn.enabled = True
+    other = copy.deepcopy(codec_net).to(memory_format=torch.channels_last)
+    assert_same_latent(codec_net, encoded, decode(other, encoded))
+    with perturbed_float_convolutions(1e-6):
+        assert_same_latent(codec_net, encoded, decode(codec_net, encoded))
+
+
+def test_decoding_at_another_quality_does_not_give_the_same_latent(codec_net, image):
+    codec_net.quality = 2.5
+    encoded = codec_net.compress(image)
+    codec_net.quality = 2.5 + 1 / QUALITY_GRID
+    try:
+        decoded = decode(codec_net, encoded)
+    except ValueError:  # BitstreamError: refused, fine too
+        return
+    assert not torch.equal(decoded["y_hat"], encoded["y_hat"])
+
+
+def test_the_side_offset_is_exact_on_the_grid():
+    units = GainUnits(8, 6)
+    with torch.no_grad():
+        units.side_offset.normal_()
+    offset = units.coding_side_offset(2.5)
+    assert torch.equal(offset * 4096, torch.round(offset * 4096))
+    assert torch.allclose(offset[0, :, 0, 0], units.side_offset[1:3].mean(0), atol=2 / 4096)
+    assert torch.equal(units.coding_side_offset(2.5 + 1e-6), offset)  # snapped to the grid
+
+
+def test_gains_interpolate_in_the_log_domain_and_start_from_the_lambda_table():
+    units = GainUnits(4, 2)
+    gain, inverse, _ = units(torch.tensor([1.0, 3.0, 3.5, 6.0]))
+    assert torch.allclose(gain[1], torch.ones(4, 1, 1))
+    assert torch.allclose(gain[0] ** 2, torch.tensor(0.0018 / 0.0067), rtol=1e-5)
+    assert torch.allclose(gain[2], (gain[1] * units(torch.tensor([4.0]))[0][0]).sqrt(), rtol=1e-5)
+    assert torch.allclose(gain * inverse, torch.ones_like(gain))
+
+
+def test_quality_is_validated_and_a_fixed_rate_codec_refuses_one(image):
+    net = FEDSStudent(variable_rate=True)
+    for bad in (0.5, 6.01, float("nan"), "3"):
+        with pytest.raises(ValueError, match="invalid quality"):
+            net.quality = bad
+    with pytest.raises(ValueError, match="fixed-rate"):
+        FEDSStudent().quality = 3
+    with pytest.raises(ValueError, match="fixed-rate"):
+        FEDSStudent()(image, quality=3)
+    assert snap_quality(2.4999) == 2.5 and lambda_at(3) == 0.0067
+    assert lambda_at(2.5) == pytest.approx((0.0035 * 0.0067) ** 0.5)
+
+
+def test_zoo_function_sets_the_quality_of_a_variable_rate_model():
+    net = feds_student(quality=2.5, variable_rate=True)
+    assert net.variable_rate and net.quality == 2.5
+    with pytest.raises(ValueError, match="whole quality"):
+        feds_student(quality=2.5)
+
+
+def test_variable_rate_checkpoint_serves_every_quality_from_the_zoo(codec_net, tmp_path, monkeypatch):
+    """One file, named without a quality, as part 2 of the zoo ships it."""
+    from compressai_feds.zoo import half_precision
+
+    path = tmp_path / "feds-student-mse-00000000.pth.tar"
+    torch.save(half_precision(codec_net.state_dict()), path)
+    import hashlib
+
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()[:8]
+    path = path.rename(tmp_path / f"feds-student-mse-{digest}.pth.tar")
+    monkeypatch.setenv("COMPRESSAI_FEDS_ZOO", str(tmp_path))
+    for quality in (1, 2.5, 6):
+        net = feds_student(quality=quality, pretrained=True)
+        assert net.variable_rate and net.quality == quality
+
+
+def test_file_stores_the_quality_and_decodes_at_it(codec_net, tmp_path):
+    path = tmp_path / "vr.pth.tar"
+    torch.save({"state_dict": codec_net.state_dict(), "architecture": "feds-student"}, path)
+    codec = Codec.from_checkpoint(path, quality=2.5)
+    image = Image.open(sorted(SAMPLES.glob("*.png"))[0]).crop((0, 0, 200, 150))
+    data, reconstruction = compress_image(codec, image)
+    header, _ = unpack(data)
+    assert header.quality == 2.5 and header.from_checkpoint
+    assert "quality 2.5, a checkpoint" in header.model_name
+    other = Codec.from_checkpoint(path, quality=6)  # the file's quality wins
+    assert np.array_equal(np.asarray(decompress_image(other, data)), np.asarray(reconstruction))
+
+
+def test_format_version_3_is_refused_naming_both_versions():
+    with pytest.raises(ContainerError, match="version 3 is not supported .*version 4"):
+        unpack(b"FEDS" + bytes([3]) + bytes(40))
+
+
+def test_target_bpp_is_met_by_the_highest_quality_under_it(codec_net, tmp_path):
+    path = tmp_path / "vr.pth.tar"
+    torch.save({"state_dict": codec_net.state_dict(), "architecture": "feds-student"}, path)
+    codec = Codec.from_checkpoint(path)
+    image = Image.open(sorted(SAMPLES.glob("*.png"))[0]).crop((0, 0, 256, 192))
+    pixels = image.width * image.height
+    low = len(compress_image(codec, image, reconstruct=False)[0]) * 8 / pixels  # quality 3
+    target = low * 1.2
+    data, _, choice = compress_to_target(codec, image, target_bpp=target)
+    assert choice.met and choice.bpp <= target and len(data) * 8 / pixels == choice.bpp
+    codec.set_quality(choice.quality + 1 / QUALITY_GRID)
+    above = len(compress_image(codec, image, reconstruct=False)[0]) * 8 / pixels
+    assert above > target  # the next quality on the grid is over the target
+    _, _, unreachable = compress_to_target(codec, image, target_bpp=0.001)
+    assert not unreachable.met and unreachable.quality == 1
+    _, decoded, by_psnr = compress_to_target(codec, image, target_psnr=25)
+    assert decoded is not None and (by_psnr.psnr >= 25) == by_psnr.met
+    with pytest.raises(CodecError, match="one target"):
+        compress_to_target(codec, image)
+
+
+def test_cli_encodes_to_a_target_rate_and_refuses_it_for_a_fixed_rate_model(codec_net, tmp_path):
+    path = tmp_path / "vr.pth.tar"
+    torch.save({"state_dict": codec_net.state_dict(), "architecture": "feds-student"}, path)
+    source = tmp_path / "a.png"
+    Image.open(sorted(SAMPLES.glob("*.png"))[0]).crop((0, 0, 256, 192)).save(source)
+    run = subprocess.run(
+        [SCRIPT, "encode", source, "--checkpoint", path, "--target-bpp", "0.5", "-o", tmp_path / "a.feds"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert run.returncode == 0, run.stderr
+    assert "quality" in run.stdout and "meets 0.5 bpp" in run.stdout
+    decoded = subprocess.run(
+        [SCRIPT, "decode", tmp_path / "a.feds", "--checkpoint", path, "-o", tmp_path / "a.png.out.png"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert decoded.returncode == 0, decoded.stderr
+    fixed = tmp_path / "fixed.pth.tar"
+    torch.save({"state_dict": FEDSStudent(N=16, M=32, groups=(8, 24)).state_dict()}, fixed)
+    refused = subprocess.run(
+        [SCRIPT, "encode", source, "--checkpoint", fixed, "--target-bpp", "0.5"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert refused.returncode == 2 and "variable-rate" in refused.stderr
+    assert len(refused.stderr.strip().splitlines()) == 1
+
+
+# -- training -------------------------------------------------------------------
+
+
+def test_variable_rate_training_distils_validates_per_quality_and_resumes_its_average(tmp_path):
+    from dataclasses import replace
+
+    from helpers import sample_crops
+    from test_trainer import TINY_STUDENT, tiny_config
+
+    from compressai_feds import FEDSTeacher
+    from compressai_feds.trainer import DistillationTrainer
+
+    torch.manual_seed(0)
+    teacher = FEDSTeacher(N=32, M=64, groups=(16, 48), num_res_blocks=1, variable_rate=True)
+    torch.save({"state_dict": teacher.state_dict(), "architecture": "feds-teacher"}, tmp_path / "t.pth.tar")
+    data = {
+        "train": sample_crops(tmp_path / "train", size=96),
+        "val": sample_crops(tmp_path / "val", size=64, count=1),
+        "teacher": tmp_path / "t.pth.tar",
+    }
+    vr = {"student_args": {**TINY_STUDENT, "variable_rate": True}, "qualities": [1, 6], "ema_decay": 0.9}
+    trainer = DistillationTrainer(tiny_config(data, **vr), tmp_path / "run", progress=False)
+    trainer.train()
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    validation = [r for r in records if "val" in r][-1]
+    assert set(validation["val"]) >= {"q1", "q6", "rd_loss"} and "val_ema" in validation
+    assert validation["val"]["q6"]["bpp"] > validation["val"]["q1"]["bpp"]
+    checkpoint = torch.load(tmp_path / "run" / "checkpoint.pth.tar", weights_only=True)
+    assert "ema" in checkpoint
+    resumed = DistillationTrainer(replace(trainer.config), tmp_path / "run", resume=True)
+    for a, b in zip(resumed.ema.parameters(), trainer.ema.parameters(), strict=True):
+        assert torch.equal(a, b)
+    with pytest.raises(ValueError, match="variable-rate student needs a variable-rate teacher"):
+        fixed = FEDSTeacher(N=32, M=64, groups=(16, 48), num_res_blocks=1)
+        torch.save({"state_dict": fixed.state_dict(), "architecture": "feds-teacher"}, tmp_path / "f.pth.tar")
+        DistillationTrainer(tiny_config({**data, "teacher": tmp_path / "f.pth.tar"}, **vr), tmp_path / "x")
+    with pytest.raises(ValueError, match='"variable_rate": true'):
+        DistillationTrainer(tiny_config(data, teacher=None, qualities=[1, 6]), tmp_path / "y")
+
+
+def test_fixed_rate_weights_warm_start_a_variable_rate_codec():
+    fixed = FEDSStudent()
+    net = FEDSStudent.from_state_dict(fixed.state_dict(), variable_rate=True)
+    assert net.variable_rate and torch.equal(net.g_a[0][0].weight, fixed.g_a[0][0].weight)
+    assert torch.equal(net.gain_units.log_gain, FEDSStudent(variable_rate=True).gain_units.log_gain)
