@@ -12,34 +12,19 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import time
 from pathlib import Path
 from statistics import median
 
 import torch
 from compressai.losses import RateDistortionLoss
-from PIL import Image
-from torchvision.transforms.functional import to_tensor
 from tqdm import tqdm
 
-from .data import find_images
-from .entropy_coding import VERIFY_DECODING
+from .checkpoint_io import half_precision
+from .images import SAMPLES, image_paths, load_rgb, psnr
 from .models import FEDSCodec
-from .quality import LAMBDAS
-from .zoo import feds_student, feds_teacher, half_precision
-
-SAMPLES = Path(__file__).resolve().parent / "samples"
-
-
-def image_paths(inputs: list[str]) -> list[Path]:
-    """Expands files and folders (default: the shipped samples) into a list of
-    image files; ``FileNotFoundError`` names a missing one."""
-    paths: list[Path] = []
-    for item in inputs or [str(SAMPLES)]:
-        path = Path(item)
-        paths += [path] if path.is_file() else find_images(path)
-    return paths
+from .quality import LAMBDAS, QUALITIES
+from .zoo import feds_student, feds_teacher
 
 
 def load_codec(factory, quality: int) -> tuple[FEDSCodec, bool]:
@@ -50,11 +35,6 @@ def load_codec(factory, quality: int) -> tuple[FEDSCodec, bool]:
         net = factory(quality=quality).eval()
         net.update(force=True)
         return net, False
-
-
-def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
-    mse = torch.mean((a - b) ** 2).item()
-    return 10 * math.log10(1 / mse) if mse > 0 else float("inf")
 
 
 def bits_per_pixel(strings: list[list[bytes]], x: torch.Tensor) -> float:
@@ -77,7 +57,7 @@ def measure_coding(net: FEDSCodec, images: list[torch.Tensor], name: str) -> dic
         if not torch.equal(x_hat, net.synthesize(enc["y_hat"], enc["shape"])):
             raise RuntimeError(f"{name}: decoded image differs from the encoder's reconstruction")
         bpps.append(bits_per_pixel(enc["strings"], x))
-        psnrs.append(psnr(x, x_hat))
+        psnrs.append(psnr(torch.mean((x - x_hat) ** 2).item()))
     return {
         "encode_s": median(enc_times),
         "decode_s": median(dec_times),
@@ -105,7 +85,7 @@ def compare_entropy_paths(
             runs: dict[str, list[tuple[float, float]]] = {path: [] for path in paths}
             for repeat in range(repeats):
                 for path in paths[repeat % len(paths) :] + paths[: repeat % len(paths)]:
-                    net.exact_entropy_path, VERIFY_DECODING["enabled"] = ENTROPY_PATHS[path]
+                    net.exact_entropy_path, net.verify_decoding = ENTROPY_PATHS[path]
                     start = time.perf_counter()
                     enc = net.compress(x)
                     encoded = time.perf_counter()
@@ -113,12 +93,12 @@ def compare_entropy_paths(
                     runs[path].append((encoded - start, time.perf_counter() - encoded))
                     if repeat == 0:
                         per_image[path]["bpp"].append(bits_per_pixel(enc["strings"], x))
-                        per_image[path]["psnr"].append(psnr(x, x_hat))
+                        per_image[path]["psnr"].append(psnr(torch.mean((x - x_hat) ** 2).item()))
             for path, times in runs.items():
                 per_image[path]["encode_s"].append(min(t[0] for t in times))
                 per_image[path]["decode_s"].append(min(t[1] for t in times))
     finally:
-        net.exact_entropy_path, VERIFY_DECODING["enabled"] = True, True
+        net.exact_entropy_path, net.verify_decoding = True, True
     return {
         path: {
             "encode_s": median(row["encode_s"]),
@@ -168,7 +148,7 @@ def main(argv: list[str] | None = None) -> dict:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("images", nargs="*", help="image files or folders (default: the shipped samples)")
-    parser.add_argument("-q", "--quality", type=int, default=3, choices=range(1, 7))
+    parser.add_argument("-q", "--quality", type=int, default=3, choices=QUALITIES)
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     parser.add_argument(
         "--train-step", action="store_true", help="also time a training step, bf16 + channels_last and fp32"
@@ -196,10 +176,10 @@ def main(argv: list[str] | None = None) -> dict:
         torch.set_num_threads(args.threads)
 
     try:
-        paths = image_paths(args.images)
+        paths = image_paths(args.images, SAMPLES)
     except FileNotFoundError as exc:
         raise SystemExit(f"error: {exc}") from None
-    images = [to_tensor(Image.open(p).convert("RGB")).unsqueeze(0) for p in paths]
+    images = [load_rgb(p)[None].float() / 255 for p in paths]
     sizes = sorted({f"{x.size(3)}x{x.size(2)}" for x in images})
     print(
         f"{len(images)} images ({', '.join(sizes)}), quality {args.quality}, {torch.get_num_threads()} threads"

@@ -17,15 +17,15 @@ exit status; no partial output file is left behind.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 from PIL import Image
 from tqdm import tqdm
+
+from .quality import LAMBDAS, MAX_QUALITY, MIN_QUALITY
 
 SUFFIX = ".feds"
 
@@ -39,22 +39,6 @@ def _output_paths(inputs: list[Path], output: Path | None, suffix: str) -> list[
         output.mkdir(parents=True, exist_ok=True)
         return [output / (p.stem + suffix) for p in inputs]
     return [p.with_suffix(suffix) for p in inputs]
-
-
-def _write_atomically(path: Path, write: Callable[[Path], None]) -> None:
-    """``write`` fills a temporary file in the target folder, renamed into
-    place only once complete."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=path.suffix)
-    os.close(fd)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes it private
-    try:
-        write(Path(tmp))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _run_each(paths: list[Path], job: Callable[[Path], str], desc: str) -> int:
@@ -74,14 +58,10 @@ def _run_each(paths: list[Path], job: Callable[[Path], str], desc: str) -> int:
     return 1 if failures else 0
 
 
-def _open_image(path: Path) -> Image.Image:
-    with Image.open(path) as image:
-        image.load()
-        return image
-
-
 def encode(args: argparse.Namespace) -> int:
-    from .codec import Codec, CodecError, compress_image, compress_to_target, image_psnr
+    from .codec import Codec, CodecError, compress_image, compress_to_target
+    from .files import write_atomically
+    from .images import image_psnr, open_image
 
     targeted = args.target_bpp is not None or args.target_psnr is not None
     quality = 3 if args.quality is None else args.quality
@@ -99,7 +79,7 @@ def encode(args: argparse.Namespace) -> int:
     outputs = dict(zip(args.inputs, _output_paths(args.inputs, args.output, SUFFIX), strict=True))
 
     def job(path: Path) -> str:
-        image = _open_image(path)
+        image = open_image(path)
         start = time.perf_counter()
         if targeted:
             data, reconstruction, choice = compress_to_target(
@@ -111,7 +91,7 @@ def encode(args: argparse.Namespace) -> int:
             data, reconstruction = compress_image(codec, image, args.tile_size, reconstruct=args.metrics)
             chosen = ""
         seconds = time.perf_counter() - start
-        _write_atomically(outputs[path], lambda tmp: tmp.write_bytes(data))
+        write_atomically(outputs[path], lambda tmp: tmp.write_bytes(data))
         line = f"{path} -> {outputs[path]}: {len(data) * 8 / (image.width * image.height):.4f} bpp{chosen}, {seconds:.2f} s"
         if args.metrics and reconstruction is None:
             reconstruction = compress_image(codec, image, args.tile_size)[1]
@@ -123,6 +103,7 @@ def encode(args: argparse.Namespace) -> int:
 def decode(args: argparse.Namespace) -> int:
     from .codec import Codec, decompress_streams
     from .container import unpack
+    from .files import write_atomically
 
     codecs: dict[tuple, Codec] = {}
     outputs = dict(zip(args.inputs, _output_paths(args.inputs, args.output, ".png"), strict=True))
@@ -145,7 +126,7 @@ def decode(args: argparse.Namespace) -> int:
         image_format = Image.registered_extensions().get(target.suffix.lower(), "PNG")
         if image_format == "PNG" and image.mode in ("CMYK", "YCbCr", "LAB", "HSV"):
             raise ValueError(f"PNG cannot hold mode {image.mode}: decode to a .tiff instead (-o NAME.tiff)")
-        _write_atomically(target, lambda tmp: image.save(tmp, format=image_format))
+        write_atomically(target, lambda tmp: image.save(tmp, format=image_format))
         return f"{path} -> {outputs[path]}: {image.width}x{image.height} {image.mode}, {seconds:.2f} s"
 
     return _run_each(args.inputs, job, "decode")
@@ -181,7 +162,7 @@ def build_parser() -> argparse.ArgumentParser:
         "-q",
         "--quality",
         type=float,
-        help="1 (lowest rate) to 6, default 3; a variable-rate model takes any real value between",
+        help=f"{MIN_QUALITY} (lowest rate) to {MAX_QUALITY}, default 3; a variable-rate model takes any real value between",
     )
     rate.add_argument(
         "--target-bpp",
@@ -193,7 +174,7 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         help="per image, the lowest quality whose decoded image reaches P dB PSNR-RGB (variable-rate models)",
     )
-    enc.add_argument("-m", "--metric", default="mse", choices=["mse", "ms-ssim"])
+    enc.add_argument("-m", "--metric", default="mse", choices=sorted(LAMBDAS))
     enc.add_argument("--checkpoint", type=Path, help="use these weights instead of the zoo's")
     enc.add_argument("--tile-size", type=int, default=1024, help="side of the independently coded tiles")
     enc.add_argument("--metrics", action="store_true", help="also print the PSNR of the decoded image")

@@ -10,53 +10,14 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
 from torch import Tensor
 from torch.utils.data import Dataset, Sampler
 
-__all__ = [
-    "IMAGE_SUFFIXES",
-    "SIXTEEN_BIT_MODES",
-    "ImageCrops",
-    "StreamSampler",
-    "find_images",
-    "load_rgb",
-    "to_8_bit",
-]
+from .images import find_images, load_rgb
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".ppm", ".pgm"}
-
-
-def find_images(folder: str | Path) -> list[Path]:
-    """All image files under ``folder``, recursively, sorted."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise FileNotFoundError(f"image folder {folder} does not exist")
-    paths = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
-    if not paths:
-        raise FileNotFoundError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) under {folder}")
-    return paths
-
-
-SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I")
-
-
-def to_8_bit(image: Image.Image) -> Image.Image:
-    """16-bit grayscale reduced to 8 bits (mode L); other images unchanged."""
-    if image.mode not in SIXTEEN_BIT_MODES:
-        return image
-    return Image.fromarray((np.asarray(image, dtype=np.uint32) >> 8).astype(np.uint8))
-
-
-def load_rgb(path: str | Path) -> Tensor:
-    """An image file as a ``(3, H, W)`` uint8 tensor: grayscale is replicated,
-    alpha dropped, palettes expanded and 16-bit samples reduced to 8 bits."""
-    with Image.open(path) as image:
-        array = np.asarray(to_8_bit(image).convert("RGB"))
-    return torch.from_numpy(array.copy()).permute(2, 0, 1)
+__all__ = ["ImageCrops", "StreamSampler"]
 
 
 def random_crop(image: Tensor, size: int, generator: torch.Generator) -> Tensor:

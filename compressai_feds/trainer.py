@@ -38,8 +38,11 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from .checkpoint_io import architecture_name, load_codec
 from .config import TrainingConfig
-from .data import ImageCrops, StreamSampler, find_images, load_rgb
+from .data import ImageCrops, StreamSampler
+from .files import write_atomically
+from .images import find_images, load_rgb, psnr
 from .losses import (
     EntropyWeightedChannelLoss,
     FeatureAlignmentLoss,
@@ -47,8 +50,8 @@ from .losses import (
     channel_entropy_bits,
 )
 from .models import FEDSCodec
+from .plots import plot_metrics
 from .quality import LAMBDAS
-from .zoo import architecture_name, load_codec
 
 __all__ = ["DistillationObjective", "DistillationTrainer"]
 
@@ -174,20 +177,6 @@ class DistillationObjective(nn.Module):
         return {k: v for k, v in self.state_dict().items() if not k.startswith("student.")}
 
 
-def _atomic_save(obj: Any, path: Path) -> None:
-    """Writes to a temporary file, syncs it, then renames it over ``path``: a
-    kill at any moment leaves either the old or the new file, whole."""
-    tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("wb") as f:
-        if isinstance(obj, str):
-            f.write(obj.encode())
-        else:
-            torch.save(obj, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 @torch.no_grad()
 def evaluate(
     net: nn.Module, paths: list[Path], lmbda: float, metric: str, quality: float | None = None
@@ -209,7 +198,7 @@ def evaluate(
         else:
             distortion = 255**2 * mse
         totals["bpp"] += bpp
-        totals["psnr"] += 10 * math.log10(1 / max(mse, 1e-10))
+        totals["psnr"] += psnr(mse)
         totals["rd_loss"] += lmbda * distortion + bpp
     net.train(was_training)
     return {k: v / len(paths) for k, v in totals.items()}
@@ -385,8 +374,10 @@ class DistillationTrainer:
     def save_checkpoint(self) -> None:
         if self.is_main:
             self.out_dir.mkdir(parents=True, exist_ok=True)
-            _atomic_save(json.dumps(self.config.to_dict(), indent=2) + "\n", self.out_dir / "config.json")
-            _atomic_save(self._state(), self.out_dir / CHECKPOINT)
+            config = json.dumps(self.config.to_dict(), indent=2) + "\n"
+            write_atomically(self.out_dir / "config.json", lambda tmp: tmp.write_text(config))
+            state = self._state()
+            write_atomically(self.out_dir / CHECKPOINT, lambda tmp: torch.save(state, tmp))
         if self.world_size > 1:
             dist.barrier()
 
@@ -530,7 +521,7 @@ class DistillationTrainer:
                 "val": metrics,
                 "config": self.config.to_dict(),
             }
-            _atomic_save(best, self.out_dir / BEST)
+            write_atomically(self.out_dir / BEST, lambda tmp: torch.save(best, tmp))
         return metrics
 
     def _log(self, record: dict[str, Any]) -> None:
@@ -602,7 +593,7 @@ def _truncate_metrics(path: Path, step: int) -> None:
     if not path.is_file():
         return
     kept = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= step]
-    _atomic_save("".join(line + "\n" for line in kept), path)
+    write_atomically(path, lambda tmp: tmp.write_text("".join(line + "\n" for line in kept)))
 
 
 def _init_distributed() -> tuple[int, int, torch.device]:
@@ -617,40 +608,3 @@ def _init_distributed() -> tuple[int, int, torch.device]:
         torch.cuda.set_device(local_rank)
         return dist.get_rank(), world_size, torch.device("cuda", local_rank)
     return dist.get_rank(), world_size, torch.device("cpu")
-
-
-def plot_metrics(metrics_path: Path, output: Path) -> None:
-    """Training loss parts and validation RD loss / PSNR against steps, with the
-    stage boundaries, as a PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    records = [json.loads(line) for line in metrics_path.read_text().splitlines() if line]
-    train = [r for r in records if "val" not in r]
-    val = [r for r in records if "val" in r]
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    for key in ("loss", "bpp_loss", "bpp_z", "feature_loss", "channel_loss"):
-        points = [(r["step"], r[key]) for r in train if key in r]
-        if points:
-            axes[0].plot(*zip(*points, strict=True), label=key)
-    axes[0].set(xlabel="step", title="training loss", yscale="log")
-    boundaries = [b["step"] for a, b in zip(train, train[1:], strict=False) if a["stage"] != b["stage"]]
-    for ax in axes:
-        for step in boundaries:
-            ax.axvline(step, color="gray", linestyle=":", linewidth=1)
-    axes[0].legend()
-    if val:
-        steps = [r["step"] for r in val]
-        lines = axes[1].plot(steps, [r["val"]["rd_loss"] for r in val], "o-", label="RD loss")
-        twin = axes[1].twinx()
-        lines += twin.plot(
-            steps, [r["val"]["psnr"] for r in val], "s--", color="tab:green", label="PSNR (dB)"
-        )
-        twin.set_ylabel("PSNR (dB)")
-        axes[1].legend(lines, [line.get_label() for line in lines], loc="upper left")
-    axes[1].set(xlabel="step", title="validation (dotted: stage boundaries)")
-    fig.tight_layout()
-    fig.savefig(output, dpi=100)
-    plt.close(fig)

@@ -14,24 +14,30 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import torch
+import torch.nn as nn
 from tqdm import tqdm
 
-from compressai_feds.data import find_images, load_rgb
-from compressai_feds.zoo import load_codec
+from compressai_feds.checkpoint_io import load_codec
+from compressai_feds.images import find_images, load_rgb
+
+
+class AtMedians(nn.Module):
+    """A hyper-analysis whose every output is the hyper-latent's median."""
+
+    def __init__(self, h_a: nn.Module, medians: torch.Tensor) -> None:
+        super().__init__()
+        self.h_a, self.medians = h_a, medians
+
+    def forward(self, y: torch.Tensor) -> torch.Tensor:
+        return self.medians.expand_as(self.h_a(y)).contiguous()
 
 
 @contextmanager
 def erased_hyper_latent(net):
-    """``h_a`` outputs the hyper-latent's medians: z carries nothing."""
+    """z carries nothing: ``h_a`` outputs the medians."""
     hyper = net.latent_codec.latent_codec["hyper"]
     h_a = hyper.h_a
-    medians = hyper.entropy_bottleneck._get_medians().detach()
-
-    def at_median(y):
-        z = h_a(y)
-        return medians.expand_as(z).contiguous()
-
-    hyper.h_a = at_median
+    hyper.h_a = AtMedians(h_a, hyper.entropy_bottleneck._get_medians().detach())
     try:
         yield
     finally:

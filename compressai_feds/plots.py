@@ -1,0 +1,206 @@
+"""The plots: learning curves of a run, validation curves of a campaign,
+rate-distortion curves of a report. Matplotlib is imported when one is drawn."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from .quality import QUALITIES
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from .bdrate import Curve
+    from .campaign import Job
+    from .report import CodecRun
+
+__all__ = ["plot_metrics", "plot_rd", "plot_validation"]
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_metrics(metrics_path: Path, output: Path) -> None:
+    """Training loss parts and validation RD loss / PSNR against steps, with the
+    stage boundaries, as a PNG."""
+    plt = _pyplot()
+
+    records = [json.loads(line) for line in metrics_path.read_text().splitlines() if line]
+    train = [r for r in records if "val" not in r]
+    val = [r for r in records if "val" in r]
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for key in ("loss", "bpp_loss", "bpp_z", "feature_loss", "channel_loss"):
+        points = [(r["step"], r[key]) for r in train if key in r]
+        if points:
+            axes[0].plot(*zip(*points, strict=True), label=key)
+    axes[0].set(xlabel="step", title="training loss", yscale="log")
+    boundaries = [b["step"] for a, b in zip(train, train[1:], strict=False) if a["stage"] != b["stage"]]
+    for ax in axes:
+        for step in boundaries:
+            ax.axvline(step, color="gray", linestyle=":", linewidth=1)
+    axes[0].legend()
+    if val:
+        steps = [r["step"] for r in val]
+        lines = axes[1].plot(steps, [r["val"]["rd_loss"] for r in val], "o-", label="RD loss")
+        twin = axes[1].twinx()
+        lines += twin.plot(
+            steps, [r["val"]["psnr"] for r in val], "s--", color="tab:green", label="PSNR (dB)"
+        )
+        twin.set_ylabel("PSNR (dB)")
+        axes[1].legend(lines, [line.get_label() for line in lines], loc="upper left")
+    axes[1].set(xlabel="step", title="validation (dotted: stage boundaries)")
+    fig.tight_layout()
+    fig.savefig(output, dpi=100)
+    plt.close(fig)
+
+
+#: Line style and colour of each role in :func:`plot_validation`.
+VALIDATION_STYLES = {
+    "teacher": ("-", "tab:blue"),
+    "FEDS": ("-.", "tab:green"),
+    "no teacher": ("--", "tab:orange"),
+}
+
+
+def plot_validation(jobs: list[Job], logs: Path, output: Path) -> None:
+    """Every job's validation RD loss against its steps, one panel per quality:
+    teachers, FEDS students and no-teacher students of a quality side by side."""
+    plt = _pyplot()
+    from matplotlib.ticker import FormatStrFormatter
+
+    curves: dict[int, list[tuple[Job, list[int], list[float]]]] = {}
+    for job in jobs:
+        metrics = logs / job.name / "metrics.jsonl"
+        if not metrics.is_file():
+            continue
+        val = [r for r in map(json.loads, metrics.read_text().splitlines()) if "val" in r]
+        # a variable-rate job validates at several qualities ("q1", ...), drawn in each one's panel;
+        # with a moving average of its weights, the averaged weights' figures (those it exports)
+        key = "val_ema" if val and "val_ema" in val[-1] else "val"
+        for quality in [job.quality] if job.quality else QUALITIES:
+            points = [(r["step"], r[key] if job.quality else r[key].get(f"q{quality}", {})) for r in val]
+            points = [(step, figures["rd_loss"]) for step, figures in points if "rd_loss" in figures]
+            if points:
+                steps, losses = (list(values) for values in zip(*points, strict=True))
+                curves.setdefault(quality, []).append((job, steps, losses))
+    if not curves:
+        return
+    qualities = sorted(curves)
+    columns = min(3, len(qualities))
+    rows = -(-len(qualities) // columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(4.5 * columns, 3.8 * rows), squeeze=False)
+    for ax in axes.flat[len(qualities) :]:
+        ax.remove()
+    for ax, quality in zip(axes.flat, qualities, strict=False):
+        best = min(min(losses) for _, _, losses in curves[quality])
+        worst = max(max(losses) for _, _, losses in curves[quality])
+        for job, steps, losses in curves[quality]:
+            role = (
+                "teacher"
+                if job.model == "feds-teacher"
+                else ("no teacher" if job.teacher is None else "FEDS")
+            )
+            linestyle, colour = VALIDATION_STYLES[role]
+            seed_style = {"marker": "o"} if job.seed == 0 else {"marker": "s", "alpha": 0.55}
+            ax.plot(steps, losses, linestyle, color=colour, markersize=3, label=job.name, **seed_style)
+        ax.set(xlabel="step", title=f"q{quality} (log axis, cut at 2x the best)", yscale="log")
+        ax.set_ylim(0.98 * best, 1.02 * min(worst, 2 * best))
+        for axis_format in (ax.yaxis.set_major_formatter, ax.yaxis.set_minor_formatter):
+            axis_format(FormatStrFormatter("%.3g"))
+        ax.legend(fontsize="small")
+    for row in axes:
+        row[0].set_ylabel("validation RD loss")
+    fig.suptitle(
+        "solid blue: teacher, dash-dot green: FEDS student, dashed orange: no-teacher student; pale squares: seed 1"
+    )
+    fig.tight_layout()
+    fig.savefig(output, dpi=100)
+    plt.close(fig)
+
+
+#: One colour per codec family, shared by its measured and published curves.
+FAMILY_COLOURS = {
+    "jpeg": "tab:orange",
+    "webp": "tab:purple",
+    "avif": "tab:brown",
+    "av1": "tab:brown",
+    "vtm": "tab:pink",
+    "bpg": "tab:gray",
+    "mbt2018": "tab:cyan",
+}
+OUR_COLOURS = ("tab:blue", "tab:red", "tab:green", "tab:olive")
+
+
+def _colour(name: str, ours: list[str]) -> str:
+    if name in ours:
+        return OUR_COLOURS[ours.index(name) % len(OUR_COLOURS)]
+    key = name.lower().split()[0]
+    return next((colour for family, colour in FAMILY_COLOURS.items() if key.startswith(family)), "black")
+
+
+def _draw_curves(ax, runs: list[CodecRun], published: list[tuple[str, Curve]], ours: list[str]) -> None:
+    for run in runs:
+        bpp = [p["bpp"] for p in run.points]
+        psnr = [p["psnr-rgb"] for p in run.points]
+        order = np.argsort(bpp)
+        if run.kind == "ours":
+            style = {"linestyle": "-", "linewidth": 2.2, "marker": "o"}
+        else:
+            style = {"linestyle": "--", "marker": "."}
+            if run.name.endswith("4:4:4"):
+                style["marker"] = "s"
+        ax.plot(
+            np.array(bpp)[order],
+            np.array(psnr)[order],
+            label=f"{run.name} (measured)",
+            color=_colour(run.name, ours),
+            **style,
+        )
+    for label, curve in published:
+        ax.plot(
+            curve.rate,
+            curve.quality,
+            linestyle=":",
+            marker="x",
+            markersize=4,
+            label=label,
+            color=_colour(label, ours),
+        )
+    ax.set(xlabel="bits per pixel", ylabel="PSNR RGB (dB)")
+    ax.grid(alpha=0.3)
+
+
+def plot_rd(runs: list[CodecRun], published: list[tuple[str, Curve]], output: Path, title: str) -> None:
+    """The RD plot: every curve up to 2 bpp and, when our codecs were measured,
+    a second panel zoomed on the rates they span."""
+    plt = _pyplot()
+
+    ours = [run.name for run in runs if run.kind == "ours"]
+    ours_points = [p for run in runs if run.kind == "ours" for p in run.points]
+    fig, axes = plt.subplots(1, 2 if ours_points else 1, figsize=(15 if ours_points else 8, 6), squeeze=False)
+    for ax in axes[0]:
+        _draw_curves(ax, runs, published, ours)
+    full = axes[0][0]
+    measured_bpp = [p["bpp"] for run in runs for p in run.points]
+    if measured_bpp:
+        full.set_xlim(0, min(max(measured_bpp) * 1.05, 2.0))
+    full.set_title(title)
+    full.legend(fontsize=8, loc="lower right")
+    if ours_points:
+        zoom = axes[0][1]
+        low, high = min(p["bpp"] for p in ours_points), max(p["bpp"] for p in ours_points)
+        psnr = [p["psnr-rgb"] for p in ours_points]
+        zoom.set_xlim(low / 1.5, high * 1.5)
+        zoom.set_ylim(min(psnr) - 3, max(psnr) + 4)
+        zoom.set_title("zoomed on our codecs' rates")
+    fig.tight_layout()
+    fig.savefig(output, dpi=110)
+    plt.close(fig)
