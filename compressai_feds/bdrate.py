@@ -27,6 +27,15 @@ __all__ = ["Curve", "bd_psnr", "bd_rate", "load_curve"]
 MIN_POINTS = 4
 
 
+class CurveError(ValueError):
+    """A curve that BD figures cannot use; ``reason`` says why in a few words (a table
+    cell), the message in full."""
+
+    def __init__(self, message: str, reason: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
 @dataclass(frozen=True)
 class Curve:
     """An operational RD curve: ``rate`` (bpp) and ``quality`` (dB, or any
@@ -38,19 +47,25 @@ class Curve:
 
     def __post_init__(self) -> None:
         if len(self.rate) != len(self.quality):
-            raise ValueError(f"{self.name}: {len(self.rate)} rates but {len(self.quality)} quality values")
+            raise CurveError(
+                f"{self.name}: {len(self.rate)} rates but {len(self.quality)} quality values",
+                "rates and qualities differ in number",
+            )
         if len(self.rate) < MIN_POINTS:
             count = len(self.rate)
-            raise ValueError(
-                f"{self.name}: {count} point{'s' * (count != 1)}; BD needs at least {MIN_POINTS}"
-            )
+            points = f"{count} point{'s' * (count != 1)}"
+            raise CurveError(f"{self.name}: {points}; BD needs at least {MIN_POINTS}", points)
         values = np.array([self.rate, self.quality], dtype=float)
         if not np.isfinite(values).all() or min(self.rate) <= 0:
-            raise ValueError(f"{self.name}: rates must be positive and every value finite")
+            raise CurveError(
+                f"{self.name}: rates must be positive and every value finite",
+                "non-positive or non-finite values",
+            )
         if np.any(np.diff(self.rate) <= 0) or np.any(np.diff(self.quality) <= 0):
-            raise ValueError(
+            raise CurveError(
                 f"{self.name}: not monotonic (quality must rise strictly with rate): "
-                f"bpp {_fmt(self.rate)}, quality {_fmt(self.quality)}"
+                f"bpp {_fmt(self.rate)}, quality {_fmt(self.quality)}",
+                "not monotonic",
             )
 
     @classmethod
@@ -98,9 +113,10 @@ def _is_number(value: object) -> bool:
 def _overlap(a: np.ndarray, b: np.ndarray, what: str, anchor: Curve, test: Curve) -> tuple[float, float]:
     low, high = max(a.min(), b.min()), min(a.max(), b.max())
     if low >= high:
-        raise ValueError(
+        raise CurveError(
             f"{test.name} and {anchor.name} do not overlap in {what} "
-            f"({b.min():.4g}..{b.max():.4g} vs {a.min():.4g}..{a.max():.4g})"
+            f"({b.min():.4g}..{b.max():.4g} vs {a.min():.4g}..{a.max():.4g})",
+            "no overlap",
         )
     return low, high
 

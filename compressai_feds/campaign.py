@@ -32,14 +32,13 @@ validation curve, a panel per quality.
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -47,14 +46,15 @@ from typing import Any
 
 import torch
 
+from .checkpoint_io import export
 from .config import Stage, TrainingConfig
-from .data import find_images
-from .quality import QUALITIES
-from .trainer import plot_metrics
-from .zoo import half_precision, shared_duplicates
+from .images import find_images
+from .plots import plot_metrics, plot_validation
+from .quality import LAMBDAS
 
-__all__ = ["Campaign", "Job", "Recipe", "plot_validation", "split_validation"]
+__all__ = ["Campaign", "Job", "Recipe", "split_validation"]
 
+#: The zoo's recipe, in a checkout of the repository (an installed package has none).
 DEFAULT_RECIPE = Path(__file__).resolve().parent.parent / "zoo" / "recipe.json"
 # A job stopped from outside: the trainer's own exit on SIGTERM/SIGINT after its
 # checkpoint (128 + signal), or the signal itself when it came before the trainer
@@ -138,6 +138,18 @@ class Recipe:
         recipe.check()
         return recipe
 
+    @staticmethod
+    def _check_export_name(job: Job) -> None:
+        """The export's name says the architecture and the quality the job trains (none:
+        variable rate), as the zoo reads them back: ``feds-student-mse-3``,
+        ``ablation/feds-student-noteacher-mse-3-seed1``, ``feds-student-mse``."""
+        name = Path(job.export).name
+        match = re.fullmatch(r"(feds-\w+)(?:-\w+)?-(?:mse|ms-ssim)(?:-(\d+))?(?:-seed\d+)?", name)
+        named = int(match[2]) if match and match[2] else None
+        if not match or not name.startswith(job.model) or named != job.quality:
+            trains = f"quality {job.quality}" if job.quality else "variable rate"
+            raise ValueError(f"job {job.name} trains {job.model} at {trains}, but exports as {job.export!r}")
+
     def check(self) -> None:
         if self.storage not in ("fp32", "fp16"):
             raise ValueError(f'storage must be "fp32" or "fp16", got {self.storage!r}')
@@ -148,6 +160,7 @@ class Recipe:
             unknown = set(job.needs) - set(names)
             if unknown:
                 raise ValueError(f"job {job.name} needs unknown jobs {sorted(unknown)}")
+            self._check_export_name(job)
             if job.threads > self.threads:
                 raise ValueError(
                     f"job {job.name} wants {job.threads} threads, the campaign has {self.threads}"
@@ -313,8 +326,10 @@ class Campaign:
         return _Running(job, process, now, now, log)
 
     def export(self, job: Job, status: str, elapsed: float) -> None:
-        """Exports the job's latest checkpoint with ``update_model`` and records
-        its progress, training curves and the wall time added."""
+        """Exports the job's latest weights (their moving average, where the job keeps
+        one) into the zoo (:func:`~.checkpoints.export`, with the job and its
+        training summary as metadata) and records its progress, training curves
+        and the wall time added."""
         run_dir = self.run_dir(job)
         checkpoint = run_dir / "checkpoint.pth.tar"
         state = self.state(job)
@@ -324,30 +339,33 @@ class Campaign:
             return
         saved = torch.load(checkpoint, map_location="cpu", weights_only=True)
         step = saved["step"]
+        weights = saved["state_dict"]
+        if "ema" in saved:
+            weights = {k.removeprefix("module."): v for k, v in saved["ema"].items() if k != "n_averaged"}
+        records = []
+        if (run_dir / "metrics.jsonl").is_file():
+            records = [
+                json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line
+            ]
+        key = "val_ema" if "ema" in saved else "val"
+        validations = [{"step": r["step"], "val": r[key]} for r in records if key in r]
+        best = min(validations, key=lambda r: r["val"]["rd_loss"], default=None)
         folder, name = self._export_location(job)
-        folder.mkdir(parents=True, exist_ok=True)
-        update_model = importlib.import_module("compressai.utils.update_model.__main__")
-        with tempfile.TemporaryDirectory(dir=folder) as tmp:
-            if "ema" in saved:  # the moving average of the weights is what ships
-                averaged = {
-                    k.removeprefix("module."): v for k, v in saved["ema"].items() if k != "n_averaged"
-                }
-                checkpoint = Path(tmp) / "averaged.pth"
-                torch.save({"state_dict": averaged}, checkpoint)
-            update_model.main([str(checkpoint), "-a", job.model, "-n", name, "-d", tmp])
-            if checkpoint.parent == Path(tmp):
-                checkpoint.unlink()
-            (updated,) = Path(tmp).glob("*.pth.tar")
-            state_dict = torch.load(updated, weights_only=True)
-            updated.unlink()
-            if self.recipe.storage == "fp16":
-                state_dict = half_precision(state_dict)
-            unhashed = Path(tmp) / f"{name}.pth.tar"
-            torch.save(shared_duplicates(state_dict), unhashed)
-            new = unhashed.rename(unhashed.with_name(f"{name}-{update_model.sha256_file(unhashed)}.pth.tar"))
-            for old in folder.glob(f"{name}-*.pth.tar"):
-                old.unlink()
-            new.replace(folder / new.name)
+        config = saved["config"]
+        metadata = {
+            "architecture": job.model,
+            "metric": config["metric"],
+            "lambdas": dict(LAMBDAS[config["metric"]]),
+            "qualities": config.get("qualities") or [job.quality],
+            "training": {
+                "job": job.name,
+                "step": step,
+                "wall_seconds": round(wall, 1),
+                "moving_average": "ema" in saved,
+                "last_val": validations[-1] if validations else None,
+            },
+        }
+        exported = export(weights, job.model, folder, name, self.recipe.storage == "fp16", metadata)
         logs = self.log_dir(job)
         logs.mkdir(parents=True, exist_ok=True)
         for file in ("config.json", "metrics.jsonl"):
@@ -355,20 +373,13 @@ class Campaign:
                 shutil.copyfile(run_dir / file, logs / file)
         if (logs / "metrics.jsonl").is_file():
             plot_metrics(logs / "metrics.jsonl", logs / "training.png")
-        records = []
-        if (run_dir / "metrics.jsonl").is_file():
-            records = [
-                json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line
-            ]
-        validations = [r for r in records if "val" in r]
-        best = min(validations, key=lambda r: r["val"]["rd_loss"], default=None)
         self._write_state(
             job,
             status=status,
             step=step,
             wall_seconds=round(wall, 1),
             threads=job.threads,
-            export=str((folder / new.name).relative_to(self.zoo)),
+            export=str(exported.relative_to(self.zoo)),
             last_val=validations[-1] if validations else None,
             best_val=best,
             updated=time.strftime("%Y-%m-%d %H:%M:%S"),
@@ -449,73 +460,6 @@ class Campaign:
         running.clear()
 
 
-#: Line style and colour of each role in :func:`plot_validation`.
-VALIDATION_STYLES = {
-    "teacher": ("-", "tab:blue"),
-    "FEDS": ("-.", "tab:green"),
-    "no teacher": ("--", "tab:orange"),
-}
-
-
-def plot_validation(jobs: list[Job], logs: Path, output: Path) -> None:
-    """Every job's validation RD loss against its steps, one panel per quality:
-    teachers, FEDS students and no-teacher students of a quality side by side."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from matplotlib.ticker import FormatStrFormatter
-
-    curves: dict[int, list[tuple[Job, list[int], list[float]]]] = {}
-    for job in jobs:
-        metrics = logs / job.name / "metrics.jsonl"
-        if not metrics.is_file():
-            continue
-        val = [r for r in map(json.loads, metrics.read_text().splitlines()) if "val" in r]
-        # a variable-rate job validates at several qualities ("q1", ...), drawn in each one's panel;
-        # with a moving average of its weights, the averaged weights' figures (those it exports)
-        key = "val_ema" if val and "val_ema" in val[-1] else "val"
-        for quality in [job.quality] if job.quality else QUALITIES:
-            points = [(r["step"], r[key] if job.quality else r[key].get(f"q{quality}", {})) for r in val]
-            points = [(step, figures["rd_loss"]) for step, figures in points if "rd_loss" in figures]
-            if points:
-                steps, losses = (list(values) for values in zip(*points, strict=True))
-                curves.setdefault(quality, []).append((job, steps, losses))
-    if not curves:
-        return
-    qualities = sorted(curves)
-    columns = min(3, len(qualities))
-    rows = -(-len(qualities) // columns)
-    fig, axes = plt.subplots(rows, columns, figsize=(4.5 * columns, 3.8 * rows), squeeze=False)
-    for ax in axes.flat[len(qualities) :]:
-        ax.remove()
-    for ax, quality in zip(axes.flat, qualities, strict=False):
-        best = min(min(losses) for _, _, losses in curves[quality])
-        worst = max(max(losses) for _, _, losses in curves[quality])
-        for job, steps, losses in curves[quality]:
-            role = (
-                "teacher"
-                if job.model == "feds-teacher"
-                else ("no teacher" if job.teacher is None else "FEDS")
-            )
-            linestyle, colour = VALIDATION_STYLES[role]
-            seed_style = {"marker": "o"} if job.seed == 0 else {"marker": "s", "alpha": 0.55}
-            ax.plot(steps, losses, linestyle, color=colour, markersize=3, label=job.name, **seed_style)
-        ax.set(xlabel="step", title=f"q{quality} (log axis, cut at 2x the best)", yscale="log")
-        ax.set_ylim(0.98 * best, 1.02 * min(worst, 2 * best))
-        for axis_format in (ax.yaxis.set_major_formatter, ax.yaxis.set_minor_formatter):
-            axis_format(FormatStrFormatter("%.3g"))
-        ax.legend(fontsize="small")
-    for row in axes:
-        row[0].set_ylabel("validation RD loss")
-    fig.suptitle(
-        "solid blue: teacher, dash-dot green: FEDS student, dashed orange: no-teacher student; pale squares: seed 1"
-    )
-    fig.tight_layout()
-    fig.savefig(output, dpi=100)
-    plt.close(fig)
-
-
 def status_line(job: Job, state: dict[str, Any]) -> str:
     """One line of ``--status``: progress, wall time and the latest validation."""
     hours = state.get("wall_seconds", 0) / 3600
@@ -532,7 +476,9 @@ def build_parser() -> argparse.ArgumentParser:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("recipe", nargs="?", type=Path, default=DEFAULT_RECIPE, help="recipe JSON")
+    parser.add_argument(
+        "recipe", nargs="?", type=Path, help="recipe JSON (default: the repository's zoo/recipe.json)"
+    )
     parser.add_argument("--data", help="training photographs (default: the recipe's)")
     parser.add_argument("--runs", type=Path, default=Path("runs/campaign"), help="run folders (outside git)")
     parser.add_argument("--zoo", type=Path, help="export folder (default: the recipe's folder)")
@@ -546,13 +492,16 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        recipe = Recipe.load(args.recipe)
+        path = args.recipe or DEFAULT_RECIPE
+        if not path.is_file():
+            raise FileNotFoundError(f"recipe {path} does not exist (give the recipe JSON to run)")
+        recipe = Recipe.load(path)
         if args.data:
             recipe.data = str(Path(args.data).resolve())
         if args.threads:
             recipe.threads = args.threads
             recipe.check()
-        campaign = Campaign(recipe, args.runs, args.zoo or args.recipe.resolve().parent)
+        campaign = Campaign(recipe, args.runs, args.zoo or path.resolve().parent)
         if args.status:
             for job in recipe.jobs:
                 print(status_line(job, campaign.state(job)))

@@ -20,6 +20,7 @@ import torch
 from PIL import Image
 from torch import Tensor
 
+from .checkpoint_io import architecture_name, load_codec
 from .container import (
     FLAG_ALPHA,
     FLAG_CHECKPOINT,
@@ -30,10 +31,9 @@ from .container import (
     pack,
     unpack,
 )
-from .data import SIXTEEN_BIT_MODES, to_8_bit
+from .images import SIXTEEN_BIT_MODES, image_psnr, to_8_bit
 from .models import FEDSCodec
 from .quality import MAX_QUALITY, MIN_QUALITY, QUALITY_GRID
-from .zoo import architecture_name, load_codec
 
 __all__ = [
     "Codec",
@@ -43,7 +43,6 @@ __all__ = [
     "compress_to_target",
     "decompress_image",
     "decompress_streams",
-    "image_psnr",
     "model_id",
 ]
 
@@ -94,6 +93,15 @@ class Codec:
         except FileNotFoundError as exc:
             raise CodecError(f"{exc}; or pass --checkpoint") from None
         return cls._ready(net, architecture, metric, quality, weights_from_checkpoint=False)
+
+    @classmethod
+    def untrained(cls, architecture: str, quality: float, metric: str = "mse") -> Codec:
+        """The architecture with fresh weights (for timings: its rates mean nothing)."""
+        from compressai.zoo import image_models
+
+        if architecture not in image_models:
+            raise CodecError(f"unknown architecture {architecture!r}")
+        return cls._ready(image_models[architecture](quality=quality), architecture, metric, quality, False)
 
     @classmethod
     def from_checkpoint(
@@ -222,14 +230,6 @@ def compress_image(
     )
     decoded = _join_image(reconstruction, mode, alpha, palette) if reconstruct else None
     return pack(header, streams), decoded
-
-
-def image_psnr(a: Image.Image, b: Image.Image) -> float:
-    """PSNR in dB of two images' RGB renderings (``inf`` when they are equal)."""
-    x = np.asarray(a.convert("RGB"), dtype=np.float64)
-    y = np.asarray(b.convert("RGB"), dtype=np.float64)
-    mse = np.mean((x - y) ** 2)
-    return 10 * math.log10(255**2 / mse) if mse > 0 else math.inf
 
 
 @dataclass(frozen=True)

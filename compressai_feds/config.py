@@ -121,7 +121,7 @@ class TrainingConfig:
             raise ValueError(f"metric must be one of {sorted(LAMBDAS)}, got {self.metric!r}")
         if self.lmbda is None:
             if self.quality not in LAMBDAS[self.metric]:
-                raise ValueError(f"quality must be 1..6, got {self.quality}")
+                raise ValueError(f"quality must be one of {list(QUALITIES)}, got {self.quality}")
             self.lmbda = LAMBDAS[self.metric][self.quality]
         unknown = set(self.feature_names) - set(FEATURE_NAMES)
         if unknown:

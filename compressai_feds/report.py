@@ -35,8 +35,10 @@ from PIL import Image, features
 from pytorch_msssim import ms_ssim
 from tqdm import tqdm
 
-from .bdrate import Curve, bd_psnr, bd_rate
-from .benchmark import image_paths
+from .bdrate import Curve, CurveError, bd_psnr, bd_rate
+from .images import SAMPLES, image_paths, open_image, psnr, rgb_image
+from .plots import plot_rd
+from .quality import QUALITIES
 
 __all__ = ["CodecRun", "classic_codecs", "learned_codecs", "measure", "write_report"]
 
@@ -49,7 +51,8 @@ PUBLISHED = {
     "webp.json": "WebP (published)",
     "jpeg.json": "JPEG (published)",
 }
-DEFAULT_REFERENCE = Path("../shared/reference/rd-kodak")
+#: Published curves beside the repository (a checkout's ``../shared``), wherever the command runs.
+DEFAULT_REFERENCE = Path(__file__).resolve().parent.parent.parent / "shared" / "reference" / "rd-kodak"
 MIN_MS_SSIM_SIDE = 161  # five scales of an 11-tap window
 
 
@@ -151,8 +154,7 @@ def learned_codecs(
         for quality in qualities:
             if untrained:
                 torch.manual_seed(0)
-                net = image_models[architecture](quality=quality)
-                codec = Codec._ready(net, architecture, "mse", quality)
+                codec = Codec.untrained(architecture, quality)
             else:
                 try:
                     codec = Codec.from_zoo(architecture, quality)
@@ -179,14 +181,13 @@ def _quality(original: Image.Image, decoded: Image.Image) -> tuple[float, float]
     """PSNR (dB) and MS-SSIM of an 8-bit RGB decoded image."""
     x = torch.from_numpy(np.asarray(original, dtype=np.float32) / 255).permute(2, 0, 1)[None]
     y = torch.from_numpy(np.asarray(decoded, dtype=np.float32) / 255).permute(2, 0, 1)[None]
-    mse = torch.mean((x - y) ** 2).item()
-    psnr = 10 * math.log10(1 / mse) if mse > 0 else 100.0
+    quality = psnr(torch.mean((x - y) ** 2).item())
     if min(original.size) < MIN_MS_SSIM_SIDE:
-        return psnr, math.nan
+        return quality, math.nan
     onednn = torch.backends.mkldnn.enabled
     torch.backends.mkldnn.enabled = False  # oneDNN is ~5x slower on these small filters
     try:
-        return psnr, ms_ssim(x, y, data_range=1.0).item()
+        return quality, ms_ssim(x, y, data_range=1.0).item()
     finally:
         torch.backends.mkldnn.enabled = onednn
 
@@ -210,9 +211,9 @@ def measure(runs: list[CodecRun], images: list[Image.Image], progress: bool = Tr
                     decoding = time.perf_counter() - start
                     if decoded.size != image.size:
                         raise RuntimeError(f"{run.name}: decoded size {decoded.size} != {image.size}")
-                    psnr, msssim = _quality(image, decoded.convert("RGB"))
+                    psnr_db, msssim = _quality(image, decoded.convert("RGB"))
                     pixels = image.width * image.height
-                    per_image.append((len(data) * 8 / pixels, psnr, msssim, encoding, decoding, pixels))
+                    per_image.append((len(data) * 8 / pixels, psnr_db, msssim, encoding, decoding, pixels))
                     bar.update(1)
                 columns = list(zip(*per_image, strict=True))
                 run.points.append(
@@ -245,11 +246,8 @@ def _bd_cell(anchor: Curve | None, test: Curve) -> str:
         return "n/a"
     try:
         return f"{bd_rate(anchor, test):+.1f}% ({bd_psnr(anchor, test):+.2f} dB)"
-    except ValueError as exc:
-        reason = str(exc)
-        if "do not overlap" in reason:
-            return "n/a (no overlap)"
-        return "n/a (" + reason.split(": ", 1)[-1].split(" (")[0].split(":")[0] + ")"
+    except CurveError as exc:
+        return f"n/a ({exc.reason})"
 
 
 def _bd_table(rows: list[tuple[str, Curve | str]], anchors: dict[str, Curve | str | None]) -> list[str]:
@@ -274,91 +272,8 @@ def _bd_table(rows: list[tuple[str, Curve | str]], anchors: dict[str, Curve | st
 def _curve_or_reason(run: CodecRun) -> Curve | str:
     try:
         return run.curve()
-    except ValueError as exc:
-        return str(exc).split(": ", 1)[-1].split(";")[0].split(" (")[0]
-
-
-#: One colour per codec family, shared by its measured and published curves.
-FAMILY_COLOURS = {
-    "jpeg": "tab:orange",
-    "webp": "tab:purple",
-    "avif": "tab:brown",
-    "av1": "tab:brown",
-    "vtm": "tab:pink",
-    "bpg": "tab:gray",
-    "mbt2018": "tab:cyan",
-}
-OUR_COLOURS = ("tab:blue", "tab:red", "tab:green", "tab:olive")
-
-
-def _colour(name: str, ours: list[str]) -> str:
-    if name in ours:
-        return OUR_COLOURS[ours.index(name) % len(OUR_COLOURS)]
-    key = name.lower().split()[0]
-    return next((colour for family, colour in FAMILY_COLOURS.items() if key.startswith(family)), "black")
-
-
-def _draw_curves(ax, runs: list[CodecRun], published: list[tuple[str, Curve]], ours: list[str]) -> None:
-    for run in runs:
-        bpp = [p["bpp"] for p in run.points]
-        psnr = [p["psnr-rgb"] for p in run.points]
-        order = np.argsort(bpp)
-        if run.kind == "ours":
-            style = {"linestyle": "-", "linewidth": 2.2, "marker": "o"}
-        else:
-            style = {"linestyle": "--", "marker": "."}
-            if run.name.endswith("4:4:4"):
-                style["marker"] = "s"
-        ax.plot(
-            np.array(bpp)[order],
-            np.array(psnr)[order],
-            label=f"{run.name} (measured)",
-            color=_colour(run.name, ours),
-            **style,
-        )
-    for label, curve in published:
-        ax.plot(
-            curve.rate,
-            curve.quality,
-            linestyle=":",
-            marker="x",
-            markersize=4,
-            label=label,
-            color=_colour(label, ours),
-        )
-    ax.set(xlabel="bits per pixel", ylabel="PSNR RGB (dB)")
-    ax.grid(alpha=0.3)
-
-
-def plot(runs: list[CodecRun], published: list[tuple[str, Curve]], output: Path, title: str) -> None:
-    """The RD plot: every curve up to 2 bpp and, when our codecs were measured,
-    a second panel zoomed on the rates they span."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    ours = [run.name for run in runs if run.kind == "ours"]
-    ours_points = [p for run in runs if run.kind == "ours" for p in run.points]
-    fig, axes = plt.subplots(1, 2 if ours_points else 1, figsize=(15 if ours_points else 8, 6), squeeze=False)
-    for ax in axes[0]:
-        _draw_curves(ax, runs, published, ours)
-    full = axes[0][0]
-    measured_bpp = [p["bpp"] for run in runs for p in run.points]
-    if measured_bpp:
-        full.set_xlim(0, min(max(measured_bpp) * 1.05, 2.0))
-    full.set_title(title)
-    full.legend(fontsize=8, loc="lower right")
-    if ours_points:
-        zoom = axes[0][1]
-        low, high = min(p["bpp"] for p in ours_points), max(p["bpp"] for p in ours_points)
-        psnr = [p["psnr-rgb"] for p in ours_points]
-        zoom.set_xlim(low / 1.5, high * 1.5)
-        zoom.set_ylim(min(psnr) - 3, max(psnr) + 4)
-        zoom.set_title("zoomed on our codecs' rates")
-    fig.tight_layout()
-    fig.savefig(output, dpi=110)
-    plt.close(fig)
+    except CurveError as exc:
+        return exc.reason
 
 
 def _file_name(name: str) -> str:
@@ -380,7 +295,7 @@ def write_report(
     results.mkdir(parents=True, exist_ok=True)
     for run in runs:
         (results / f"{_file_name(run.name)}.json").write_text(json.dumps(run.results(), indent=2) + "\n")
-    plot(runs, published, out / "rd.png", f"{len(images)} images from {images[0].parent.name}/")
+    plot_rd(runs, published, out / "rd.png", f"{len(images)} images from {images[0].parent.name}/")
 
     curves: list[tuple[str, Curve | str]] = [
         (run.name + " (measured)", _curve_or_reason(run)) for run in runs
@@ -466,10 +381,10 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         qualities = sorted({int(q) for q in args.qualities.split(",")})
-        if not set(qualities) <= set(range(1, 7)):
-            raise ValueError(f"qualities must be in 1..6, got {args.qualities}")
-        paths = image_paths(args.images)
-        images = [_load_rgb_image(p) for p in paths]
+        if not set(qualities) <= set(QUALITIES):
+            raise ValueError(f"qualities must be in {QUALITIES[0]}..{QUALITIES[-1]}, got {args.qualities}")
+        paths = image_paths(args.images, SAMPLES)
+        images = [_rgb(p) for p in paths]
         runs, notes = learned_codecs(
             args.architectures, qualities, args.checkpoint, args.untrained, args.label
         )
@@ -495,12 +410,11 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _load_rgb_image(path: Path) -> Image.Image:
+def _rgb(path: Path) -> Image.Image:
     try:
-        with Image.open(path) as image:
-            return image.convert("RGB")
-    except OSError as exc:
-        raise ValueError(f"{path}: cannot read the image ({exc})") from None
+        return rgb_image(open_image(path))
+    except ValueError as exc:
+        raise ValueError(f"{path}: {exc}") from None
 
 
 if __name__ == "__main__":

@@ -12,11 +12,16 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from dataclasses import replace
+from dataclasses import fields, replace
 from pathlib import Path
 
 from .config import TrainingConfig
+from .quality import LAMBDAS, QUALITIES
 from .trainer import DistillationTrainer
+
+
+def _levels(text: str) -> list[int]:
+    return [int(level) for level in text.split(",")]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -66,11 +71,22 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--teacher", help="zoo model (pretrained at --quality) or checkpoint; omit to train alone"
     )
-    parser.add_argument("-q", "--quality", type=int, choices=range(1, 7))
+    parser.add_argument("-q", "--quality", type=int, choices=QUALITIES)
     parser.add_argument(
         "--lambda", dest="lmbda", type=float, help="rate-distortion λ (overrides --quality's)"
     )
-    parser.add_argument("--metric", choices=["mse", "ms-ssim"])
+    parser.add_argument("--metric", choices=sorted(LAMBDAS))
+    parser.add_argument(
+        "--qualities",
+        type=_levels,
+        help="variable rate: train on these levels, e.g. 1,2,3,4,5,6 (with --student-args '{\"variable_rate\": true}')",
+    )
+    parser.add_argument(
+        "--val-qualities", type=_levels, help="variable rate: levels validated (default: --qualities)"
+    )
+    parser.add_argument(
+        "--ema-decay", type=float, help="keep (validate, export) a moving average of the weights"
+    )
     parser.add_argument("--steps", help="steps of the three stages, e.g. 100000,300000,100000")
     parser.add_argument("--batch-size", type=int)
     parser.add_argument("--crop-size", type=int)
@@ -102,32 +118,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def config_from_args(args: argparse.Namespace) -> TrainingConfig:
     config = TrainingConfig.load(args.config) if args.config else TrainingConfig()
-    overrides = {
-        key: getattr(args, key)
-        for key in (
-            "data",
-            "val",
-            "student",
-            "student_args",
-            "teacher",
-            "quality",
-            "lmbda",
-            "metric",
-            "batch_size",
-            "crop_size",
-            "workers",
-            "seed",
-            "checkpoint_every",
-            "val_every",
-            "log_every",
-            "cache_images",
-            "fast",
-            "noise_quantization",
-            "restart_warmup",
-            "warmup",
-            "adapter_warmup",
-        )  # fmt: skip
-        if getattr(args, key) is not None
+    overrides = {  # every config field that has a flag, where the flag was given
+        f.name: getattr(args, f.name)
+        for f in fields(TrainingConfig)
+        if getattr(args, f.name, None) is not None
     }
     if "quality" in overrides and "lmbda" not in overrides:
         overrides["lmbda"] = None  # recomputed from the quality

@@ -13,7 +13,9 @@ import pytest
 import torch
 from helpers import run_python, sample_crops
 
-from compressai_feds.campaign import Recipe, plot_validation, split_validation
+from compressai_feds.campaign import Recipe, split_validation
+from compressai_feds.checkpoint_io import read_checkpoint
+from compressai_feds.plots import plot_validation
 
 TINY_TEACHER = {"N": 32, "M": 64, "groups": [16, 48], "num_res_blocks": 1}
 TINY_STUDENT = {"N": 16, "M": 32, "groups": [8, 24], "num_res_blocks": 1}
@@ -130,6 +132,8 @@ def test_the_zoo_recipe_loads_and_orders_its_jobs():
         (lambda r: r["jobs"][0].update(init="nowhere"), "unknown jobs"),
         (lambda r: r["jobs"][2].update(init="student-q4"), "circular"),
         (lambda r: r["jobs"][0].update(threads=3), "threads"),
+        (lambda r: r["jobs"][0].update(export="feds-teacher-mse-4"), "but exports as"),
+        (lambda r: r["jobs"][0].update(export="feds-student-mse-3"), "but exports as"),
     ],
 )
 def test_bad_recipes_are_refused_in_one_line(campaign_dir, change, message):
@@ -224,7 +228,9 @@ def test_campaign_stops_resumes_and_exports(campaign_dir, monkeypatch):
     ]
     assert len(list((root / "zoo" / "ablation").glob("feds-student-noteacher-mse-3-*.pth.tar"))) == 1
 
-    exported = torch.load(next((root / "zoo").glob("feds-teacher-mse-3-*.pth.tar")), weights_only=True)
+    exported, metadata = read_checkpoint(next((root / "zoo").glob("feds-teacher-mse-3-*.pth.tar")))
+    assert metadata["architecture"] == "feds-teacher" and metadata["qualities"] == [3]
+    assert metadata["lambdas"][3] == 0.0067 and metadata["training"]["job"] == "teacher"
     assert exported["g_a.0.0.weight"].dtype == torch.float16
     assert exported["latent_codec.y.latent_codec.y0.gaussian_conditional.scale_table"].dtype == torch.float32
     cdfs = [exported[f"latent_codec.y.latent_codec.y{k}.gaussian_conditional._quantized_cdf"] for k in (0, 1)]

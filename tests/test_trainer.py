@@ -12,8 +12,9 @@ import torch
 from helpers import run_python, sample_crops
 
 from compressai_feds import FEDSTeacher
+from compressai_feds.checkpoint_io import load_codec
 from compressai_feds.config import Stage, TrainingConfig
-from compressai_feds.trainer import DistillationTrainer, load_codec
+from compressai_feds.trainer import DistillationTrainer
 
 TINY_STUDENT = {"N": 16, "M": 32, "groups": [8, 24], "num_res_blocks": 1}
 

@@ -1,7 +1,6 @@
 """One codec for every quality: gain units, exact decoding at real qualities, the
 quality in the file, rate control, and variable-rate training."""
 
-import copy
 import json
 import subprocess
 import sys
@@ -12,15 +11,22 @@ import pytest
 import torch
 from helpers import SAMPLES
 from PIL import Image
-from test_exact import assert_same_latent, decode, perturbed_float_convolutions, threads
+from test_exact import (
+    assert_same_latent,
+    assert_same_latent_without_onednn_and_in_channels_last,
+    decode,
+    perturbed_float_convolutions,
+    threads,
+)
 from torchvision.transforms.functional import to_tensor
 
 from compressai_feds import FEDSStudent, feds_student
+from compressai_feds.checkpoint_io import load_codec
 from compressai_feds.codec import Codec, CodecError, compress_image, compress_to_target, decompress_image
 from compressai_feds.container import ContainerError, unpack
 from compressai_feds.gain_units import GainUnits
 from compressai_feds.quality import QUALITY_GRID, lambda_at, snap_quality
-from compressai_feds.zoo import checkpoint_dir, load_codec
+from compressai_feds.zoo import checkpoint_dir
 
 SCRIPT = str(Path(sys.executable).parent / "compressai-feds")
 
@@ -87,13 +93,7 @@ def test_quality_2_5_decodes_the_same_latent_at_other_thread_counts(
 def test_quality_2_5_decodes_the_same_latent_without_onednn_and_perturbed(codec_net, image):
     codec_net.quality = 2.5
     encoded = codec_net.compress(image)
-    torch.backends.mkldnn.enabled = False
-    try:
-        assert_same_latent(codec_net, encoded, decode(codec_net, encoded))
-    finally:
-        torch.backends.mkldnn.enabled = True
-    other = copy.deepcopy(codec_net).to(memory_format=torch.channels_last)
-    assert_same_latent(codec_net, encoded, decode(other, encoded))
+    assert_same_latent_without_onednn_and_in_channels_last(codec_net, encoded)
     with perturbed_float_convolutions(1e-6):
         assert_same_latent(codec_net, encoded, decode(codec_net, encoded))
 
@@ -150,7 +150,7 @@ def test_zoo_function_sets_the_quality_of_a_variable_rate_model():
 
 def test_variable_rate_checkpoint_serves_every_quality_from_the_zoo(codec_net, tmp_path, monkeypatch):
     """One file, named without a quality, as part 2 of the zoo ships it."""
-    from compressai_feds.zoo import half_precision
+    from compressai_feds.checkpoint_io import half_precision
 
     path = tmp_path / "feds-student-mse-00000000.pth.tar"
     torch.save(half_precision(codec_net.state_dict()), path)

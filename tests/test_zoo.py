@@ -1,6 +1,7 @@
 import hashlib
 import json
 import shutil
+import subprocess
 import zipfile
 from pathlib import Path
 
@@ -9,7 +10,8 @@ import torch
 from helpers import run_python, sample_crops, train_briefly
 
 from compressai_feds import FEDSStudent, FEDSTeacher, feds_student, feds_teacher
-from compressai_feds.zoo import CHECKPOINT_DIR_ENV, shared_duplicates
+from compressai_feds.checkpoint_io import shared_duplicates
+from compressai_feds.zoo import CHECKPOINT_DIR_ENV
 
 
 @pytest.fixture(scope="module")
@@ -141,18 +143,48 @@ def test_equal_tables_are_stored_once_and_load_back(tmp_path):
     assert loaded.compress(x)["strings"] == net.compress(x)["strings"]
 
 
-def test_the_wheel_ships_the_zoo_proper_under_200_mb(tmp_path):
-    """``pip wheel`` of the repository: every zoo checkpoint, installed as
-    ``compressai_feds/checkpoints``; the ablation (no-teacher students) stays out."""
+def test_the_wheel_ships_the_package_the_zoo_weights_and_model_card_and_installs(tmp_path):
+    """``pip wheel`` of the repository holds the package, every zoo checkpoint
+    (installed as ``compressai_feds/checkpoints``) and the model card, nothing
+    else of ``zoo/`` (no ablation, recipe, logs, results or scripts); installed in
+    a fresh environment it loads a pretrained student and encodes a sample image."""
     repo = Path(__file__).resolve().parent.parent
     run_python("-m", "pip", "wheel", "--no-deps", "-q", "-w", str(tmp_path), str(repo))
     (wheel,) = tmp_path.glob("*.whl")
     with zipfile.ZipFile(wheel) as archive:
         sizes = {info.filename: info.file_size for info in archive.infolist()}
-    shipped = {
-        name.removeprefix("compressai_feds/checkpoints/") for name in sizes if name.endswith(".pth.tar")
-    }
-    assert shipped == {path.name for path in (repo / "zoo").glob("*.pth.tar")} != set()
-    assert "compressai_feds/checkpoints/recipe.json" in sizes
-    assert not any("ablation" in name for name in sizes)
+    shipped = {name.removeprefix("compressai_feds/checkpoints/") for name in sizes if "/checkpoints/" in name}
+    assert (
+        shipped == {path.name for path in (repo / "zoo").glob("*.pth.tar")} | {"README.md"} != {"README.md"}
+    )
+    package = {path.relative_to(repo).as_posix() for path in (repo / "compressai_feds").rglob("*.py")}
+    package.remove("compressai_feds/plugin_hook.py")  # installed as the top-level compressai_plugin_hook
+    assert package <= set(sizes)
+    outside = {n for n in sizes if not n.startswith(("compressai_feds/", "compressai_feds-"))}
+    assert outside == {"compressai_plugin_hook.py", "compressai_plugin_hook.pth"}
     assert sum(size for name, size in sizes.items() if name.endswith(".pth.tar")) < 200e6
+
+    venv = tmp_path / "venv"
+    run_python("-m", "venv", str(venv))
+    python = venv / "bin" / "python"
+    site = next((venv / "lib").glob("python*/site-packages"))
+    (site / "dependencies.pth").write_text(
+        str(Path(torch.__file__).parent.parent) + "\n"
+    )  # ours: no download
+    subprocess.run([python, "-m", "pip", "install", "--no-deps", "-q", str(wheel)], check=True, timeout=300)
+    sample = sorted((repo / "compressai_feds" / "samples").glob("*.png"))[0]
+    script = (
+        "import compressai_feds, sys; from compressai_feds import feds_student;"
+        "assert '/site-packages/' in compressai_feds.__file__, compressai_feds.__file__;"
+        "net = feds_student(quality=3, pretrained=True); print(type(net).__name__)"
+    )
+    out = subprocess.run([python, "-c", script], capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    assert out.returncode == 0 and "FEDSStudent" in out.stdout, out.stderr
+    encoded = subprocess.run(
+        [venv / "bin" / "compressai-feds", "encode", sample, "-o", tmp_path / "sample.feds"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=300,
+    )
+    assert encoded.returncode == 0 and "bpp" in encoded.stdout, encoded.stderr
