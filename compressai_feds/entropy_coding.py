@@ -35,7 +35,6 @@ from torch import Tensor
 from .fixed_point import FixedPointNetwork
 
 __all__ = [
-    "VERIFY_DECODING",
     "BitstreamError",
     "CheckedHyperLatentCodec",
     "LatentResidualGaussianLatentCodec",
@@ -50,11 +49,6 @@ class BitstreamError(ValueError):
     decoded with another entropy model than the one that wrote it."""
 
 
-#: Decoders re-encode what they decoded and compare it with the bytes read
-#: (:func:`check_reencodes`); ``False`` gives CompressAI's unchecked decoding.
-VERIFY_DECODING = {"enabled": True}
-
-
 #: No latent of a real image comes near this; forged streams can decode to values
 #: whose re-encoding would overflow CompressAI's bypass coder (it then never ends).
 MAX_LATENT_MAGNITUDE = 2.0**20
@@ -65,8 +59,6 @@ def check_reencodes(
 ) -> None:
     """A consistent rANS decode stays in range and re-encodes to the very bytes
     it was decoded from."""
-    if not VERIFY_DECODING["enabled"]:
-        return
     if not bool((decoded.abs() < MAX_LATENT_MAGNITUDE).all()) or list(reencode()) != list(strings):
         raise BitstreamError(
             f"the {what} bitstream does not decode consistently (corrupted or desynchronised)"
@@ -93,6 +85,7 @@ class LatentResidualGaussianLatentCodec(GaussianConditionalLatentCodec):
     def __init__(self, entropy_parameters: nn.Module, lrp: nn.Module) -> None:
         super().__init__(entropy_parameters=entropy_parameters, quantizer="ste")
         self.lrp = lrp
+        self.verify_decoding = True  # re-encode what was decoded (:func:`check_reencodes`)
 
     def _predict_residual(self, y_hat: Tensor, ctx_params: Tensor) -> Tensor:
         features = torch.cat([ctx_params, y_hat], dim=1)
@@ -123,16 +116,19 @@ class LatentResidualGaussianLatentCodec(GaussianConditionalLatentCodec):
             raise BitstreamError(f"a latent slice has shape {tuple(indexes.shape[1:])}, not {tuple(shape)}")
         if len(y_strings) != indexes.size(0):
             raise BitstreamError(f"{len(y_strings)} latent bitstreams for {indexes.size(0)} images")
-        symbols = _decode_checked(self.gaussian_conditional, y_strings, indexes)
+        symbols = _decode_checked(self.gaussian_conditional, y_strings, indexes, self.verify_decoding)
         y_hat = self.gaussian_conditional.dequantize(symbols, means)
         return {"y_hat": self._predict_residual(y_hat, ctx_params)}
 
 
-def _decode_checked(model: GaussianConditional, strings: list[bytes], indexes: Tensor) -> Tensor:
+def _decode_checked(
+    model: GaussianConditional, strings: list[bytes], indexes: Tensor, verify: bool
+) -> Tensor:
     """The symbols of ``strings``, as CompressAI's ``GaussianConditional.decompress``
-    decodes them (its rANS coder and CDF tables), each string re-encoded from the
-    very lists the decoder used and compared with it (:func:`check_reencodes`):
-    the check costs one rANS encode, not a second conversion of every symbol."""
+    decodes them (its rANS coder and CDF tables), with ``verify`` each string
+    re-encoded from the very lists the decoder used and compared with it
+    (:func:`check_reencodes`): the check costs one rANS encode, not a second
+    conversion of every symbol."""
     model._check_cdf_size()  # CompressAI's own errors for a model whose update() never ran
     model._check_cdf_length()
     model._check_offsets_size()
@@ -147,6 +143,8 @@ def _decode_checked(model: GaussianConditional, strings: list[bytes], indexes: T
         values = model.entropy_coder.decode_with_indexes(string, index_list, *tables)
         # through array.array: six times faster than torch.tensor(list)
         symbols[i] = torch.from_numpy(np.asarray(array.array("i", values))).view(symbols[i].shape)
+        if not verify:
+            continue
         check_reencodes(
             [string],
             symbols[i],
@@ -168,6 +166,7 @@ class CheckedHyperLatentCodec(HyperLatentCodec):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.side_offset: Tensor | None = None
+        self.verify_decoding = True  # re-encode what was decoded (:func:`check_reencodes`)
 
     def _side_parameters(self, params: Tensor) -> Tensor:
         return params if self.side_offset is None else params + self.side_offset
@@ -185,7 +184,8 @@ class CheckedHyperLatentCodec(HyperLatentCodec):
     def decompress(self, strings: list[list[bytes]], shape: tuple[int, int], **kwargs) -> dict[str, Any]:
         (z_strings,) = strings
         z_hat = self.entropy_bottleneck.decompress(z_strings, shape)
-        check_reencodes(z_strings, z_hat, lambda: self.entropy_bottleneck.compress(z_hat), "hyper-latent")
+        if self.verify_decoding:
+            check_reencodes(z_strings, z_hat, lambda: self.entropy_bottleneck.compress(z_hat), "hyper-latent")
         return {"params": self._side_parameters(self.h_s(z_hat))}
 
 

@@ -26,7 +26,6 @@ from collections.abc import Mapping
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from compressai.layers import conv1x1
 from torch import Tensor
 
 __all__ = [
@@ -42,6 +41,8 @@ __all__ = [
 def make_adapter(in_ch: int, out_ch: int) -> nn.Conv2d:
     """1×1 convolution from student to teacher width; the identity when the
     widths agree, so that a student equal to its teacher has zero loss."""
+    from compressai.layers import conv1x1  # (here: importing compressai first defers the plugin hook)
+
     adapter = conv1x1(in_ch, out_ch)
     if in_ch == out_ch:
         with torch.no_grad():

@@ -112,6 +112,8 @@ class FEDSCodec(SimpleVAECompressionModel):
     bit-identical on every machine.
     ``exact_entropy_path = False`` restores CompressAI's float evaluation
     (for comparison only: its files decode reliably only where they were written).
+    Decoders re-encode what they decoded and compare it with the bytes read;
+    ``verify_decoding = False`` skips that check (CompressAI's unchecked decoding).
 
     With ``variable_rate``, :class:`~.gain_units.GainUnits` scale the latent per quality
     level, and one codec serves every real quality in ``[1, 6]``: ``quality`` is the one
@@ -165,6 +167,18 @@ class FEDSCodec(SimpleVAECompressionModel):
         self._quality = float(REFERENCE_QUALITY) if variable_rate else None
         self.exact_entropy_path = True
         self._fixed_point: list | None = None  # derived from the weights when first coding
+
+    @property
+    def verify_decoding(self) -> bool:
+        """Whether decoding re-encodes what it decoded to check it (raising
+        :class:`~.entropy_coding.BitstreamError` on an inconsistent stream)."""
+        return self.latent_codec.latent_codec["hyper"].verify_decoding
+
+    @verify_decoding.setter
+    def verify_decoding(self, enabled: bool) -> None:
+        for module in self.latent_codec.modules():
+            if hasattr(module, "verify_decoding"):
+                module.verify_decoding = enabled
 
     @property
     def variable_rate(self) -> bool:
@@ -419,3 +433,7 @@ class FEDSStudent(FEDSCodec):
         variable_rate: bool = False,
     ) -> None:
         super().__init__(N, M, groups, num_res_blocks, attention, window_size, variable_rate)
+
+
+# The zoo functions of these classes, registered in CompressAI's zoo when that module completes.
+from . import zoo  # noqa: E402, F401

@@ -35,21 +35,24 @@ ZOO_MODULE = "compressai.zoo"
 __all__ = ["ENTRY_POINT_GROUP", "install", "register_plugins"]
 
 
-def _is_mid_import(module_name: str) -> bool:
-    """True while the entry point's package is itself being imported and the
-    module is not loaded yet: ``import compressai`` at the top of a plugin
-    imports ``compressai.zoo``, and loading the plugin then would be circular.
-    Such a plugin registers itself by calling :func:`register_plugins` at the
-    end of its ``__init__``."""
+def _initializing(name: str) -> bool:
+    spec = getattr(sys.modules.get(name), "__spec__", None)
+    return bool(getattr(spec, "_initializing", False))
 
-    def initializing(name: str) -> bool:
-        spec = getattr(sys.modules.get(name), "__spec__", None)
-        return bool(getattr(spec, "_initializing", False))
 
-    if module_name in sys.modules and not initializing(module_name):
-        return False
-    parts = module_name.split(".")
-    return any(initializing(".".join(parts[:i])) for i in range(1, len(parts) + 1))
+def _is_mid_import(module_name: str, complete: str | None = None) -> bool:
+    """True while a module of the entry point's package is being imported:
+    ``import compressai`` in a plugin's module imports ``compressai.zoo``, and
+    loading the plugin then would meet its own modules half made. Such a plugin
+    registers itself when the module its entry points name is complete, calling
+    :func:`register_plugins` with ``complete`` set to it at its end: that
+    module's names all exist then, whatever else is still being imported."""
+    if complete is not None:
+        return module_name != complete and _initializing(module_name)
+    package = module_name.split(".")[0]
+    return any(
+        _initializing(name) for name in list(sys.modules) if name == package or name.startswith(package + ".")
+    )
 
 
 def _warn(message: str) -> None:
@@ -58,12 +61,13 @@ def _warn(message: str) -> None:
     warnings.warn(message, stacklevel=3)
 
 
-def register_plugins(zoo: ModuleType | None = None) -> list[str]:
+def register_plugins(zoo: ModuleType | None = None, complete: str | None = None) -> list[str]:
     """Adds every ``compressai.models`` entry point to CompressAI's zoo and registry.
 
     Safe to call repeatedly. A plugin that fails to load is skipped with a
-    warning; one whose package is mid-import is left for later. Returns the
-    names registered.
+    warning; one whose package is mid-import is left for later, unless its
+    entry points' module is ``complete`` (see :func:`_is_mid_import`). Returns
+    the names registered.
     """
     import importlib
 
@@ -75,7 +79,7 @@ def register_plugins(zoo: ModuleType | None = None) -> list[str]:
     registered = []
     for entry_point in entrypoints.get_group_all(ENTRY_POINT_GROUP):
         name = entry_point.name
-        if _is_mid_import(entry_point.module_name):
+        if _is_mid_import(entry_point.module_name, complete):
             continue
         try:
             factory = entry_point.load()

@@ -1,6 +1,7 @@
 import json
 
 import pytest
+import torch
 from helpers import sample_crops
 
 from compressai_feds.benchmark import main
@@ -17,8 +18,6 @@ def test_benchmark_reports_both_models_and_their_ratios(tmp_path):
 
 
 def test_entropy_path_comparison_codes_three_ways(tmp_path, capsys):
-    from compressai_feds.entropy_coding import VERIFY_DECODING
-
     images = sample_crops(tmp_path / "images", size=64, count=1)
     report = main([str(images), "--entropy-path"])
     for row in report["models"].values():
@@ -27,7 +26,23 @@ def test_entropy_path_comparison_codes_three_ways(tmp_path, capsys):
         assert all(path["decode_s"] > 0 and path["bpp"] > 0 for path in paths.values())
         assert paths["exact"]["bpp"] == paths["unchecked"]["bpp"] == row["bpp"]  # the check changes no bit
     assert "without the re-encoding check" in capsys.readouterr().out
-    assert VERIFY_DECODING["enabled"]  # restored
+
+
+def test_the_decoding_check_is_a_setting_of_each_model(student):
+    import copy
+
+    from compressai_feds.entropy_coding import BitstreamError
+
+    x = torch.rand(1, 3, 64, 64)
+    encoded = student.compress(x)
+    forged = [list(s) for s in encoded["strings"]]
+    forged[1][0] = bytes(b ^ 0x5A for b in forged[1][0])
+    unchecked = copy.deepcopy(student)
+    unchecked.verify_decoding = False
+    unchecked.decompress(forged, encoded["shape"])  # decodes something, unchecked
+    assert student.verify_decoding and not unchecked.verify_decoding
+    with pytest.raises(BitstreamError):
+        student.decompress(forged, encoded["shape"])
 
 
 def test_benchmark_refuses_a_missing_folder(tmp_path):
