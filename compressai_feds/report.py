@@ -140,7 +140,8 @@ def learned_codecs(
     label: str = "checkpoints",
 ) -> tuple[list[CodecRun], list[str]]:
     """Our codecs: each architecture at each quality from the zoo (or untrained
-    weights), and the checkpoints given as one more curve named ``label``.
+    weights), and the checkpoints given as one more curve named ``label`` (a
+    variable-rate checkpoint gives it a point at each quality).
     Returns the runs and one note per quality skipped for want of a checkpoint."""
     from compressai.zoo import image_models
 
@@ -172,7 +173,12 @@ def learned_codecs(
                 codec = Codec.from_checkpoint(path)
             except CodecError as exc:
                 raise ValueError(str(exc)) from None
-            settings.append(_learned_setting(codec, path.name))
+            if not codec.net.variable_rate:
+                settings.append(_learned_setting(codec, path.name))
+                continue
+            for quality in qualities:  # one variable-rate checkpoint: a point per quality
+                codec = Codec.from_checkpoint(path, quality=quality)
+                settings.append(_learned_setting(codec, f"{path.name}, quality {quality}"))
         runs.append(CodecRun(label, "ours", settings))
     return runs, notes
 

@@ -280,3 +280,17 @@ def test_fixed_rate_weights_warm_start_a_variable_rate_codec():
     net = FEDSStudent.from_state_dict(fixed.state_dict(), variable_rate=True)
     assert net.variable_rate and torch.equal(net.g_a[0][0].weight, fixed.g_a[0][0].weight)
     assert torch.equal(net.gain_units.log_gain, FEDSStudent(variable_rate=True).gain_units.log_gain)
+
+
+def test_report_draws_a_curve_from_one_variable_rate_checkpoint(codec_net, tmp_path):
+    from compressai_feds.report import learned_codecs, measure
+
+    path = tmp_path / "vr.pth.tar"
+    torch.save({"state_dict": codec_net.state_dict(), "architecture": "feds-student"}, path)
+    (run,), _ = learned_codecs([], [1, 3, 6], [path], label="variable rate")
+    assert [setting.label for setting in run.settings] == [f"vr.pth.tar, quality {q}" for q in (1, 3, 6)]
+    measure(
+        [run], [Image.open(sorted(SAMPLES.glob("*.png"))[0]).convert("RGB").crop((0, 0, 128, 128))], False
+    )
+    rates = [point["bpp"] for point in run.points]
+    assert rates == sorted(rates) and len(set(rates)) == 3
