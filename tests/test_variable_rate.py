@@ -20,7 +20,7 @@ from test_exact import (
 )
 from torchvision.transforms.functional import to_tensor
 
-from compressai_feds import FEDSStudent, feds_student
+from compressai_feds import FEDSStudent, FEDSTeacher, feds_student
 from compressai_feds.checkpoint_io import load_codec
 from compressai_feds.codec import Codec, CodecError, compress_image, compress_to_target, decompress_image
 from compressai_feds.container import ContainerError, unpack
@@ -244,7 +244,6 @@ def test_variable_rate_training_distils_validates_per_quality_and_resumes_its_av
     from helpers import sample_crops
     from test_trainer import TINY_STUDENT, tiny_config
 
-    from compressai_feds import FEDSTeacher
     from compressai_feds.trainer import DistillationTrainer
 
     torch.manual_seed(0)
@@ -294,3 +293,16 @@ def test_report_draws_a_curve_from_one_variable_rate_checkpoint(codec_net, tmp_p
     )
     rates = [point["bpp"] for point in run.points]
     assert rates == sorted(rates) and len(set(rates)) == 3
+
+
+def test_the_variable_rate_teacher_decodes_exactly_at_a_fractional_quality(image):
+    torch.manual_seed(0)
+    teacher = FEDSTeacher(variable_rate=True).eval()
+    with torch.no_grad():
+        teacher.gain_units.side_offset.normal_(0, 0.3)
+    teacher.update(force=True)
+    teacher.quality = 2.5
+    with threads(1):
+        encoded = teacher.compress(image)
+    with threads(2):
+        assert_same_latent(teacher, encoded, decode(teacher, encoded))
