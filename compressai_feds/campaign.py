@@ -326,8 +326,8 @@ class Campaign:
         return _Running(job, process, now, now, log)
 
     def export(self, job: Job, status: str, elapsed: float) -> None:
-        """Exports the job's latest weights (their moving average, where the job keeps
-        one) into the zoo (:func:`~.checkpoints.export`, with the job and its
+        """Exports the job's latest weights (their moving average, where the job keeps one
+        and it validated better) into the zoo (:func:`~.checkpoints.export`, with the job and its
         training summary as metadata) and records its progress, training curves
         and the wall time added."""
         run_dir = self.run_dir(job)
@@ -339,16 +339,22 @@ class Campaign:
             return
         saved = torch.load(checkpoint, map_location="cpu", weights_only=True)
         step = saved["step"]
-        weights = saved["state_dict"]
-        if "ema" in saved:
-            weights = {k.removeprefix("module."): v for k, v in saved["ema"].items() if k != "n_averaged"}
         records = []
         if (run_dir / "metrics.jsonl").is_file():
             records = [
                 json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line
             ]
-        key = "val_ema" if "ema" in saved else "val"
-        validations = [{"step": r["step"], "val": r[key]} for r in records if key in r]
+        # the weights' moving average ships where its last validation was the better
+        last = next((r for r in reversed(records) if "val_ema" in r), None)
+        averaged = "ema" in saved and last is not None and last["val_ema"]["rd_loss"] < last["val"]["rd_loss"]
+        weights = saved["state_dict"]
+        if averaged:
+            weights = {k.removeprefix("module."): v for k, v in saved["ema"].items() if k != "n_averaged"}
+        validations = [
+            {"step": r["step"], "val": min(r["val"], r.get("val_ema", r["val"]), key=lambda v: v["rd_loss"])}
+            for r in records
+            if "val" in r
+        ]
         best = min(validations, key=lambda r: r["val"]["rd_loss"], default=None)
         folder, name = self._export_location(job)
         config = saved["config"]
@@ -361,7 +367,7 @@ class Campaign:
                 "job": job.name,
                 "step": step,
                 "wall_seconds": round(wall, 1),
-                "moving_average": "ema" in saved,
+                "moving_average": averaged,
                 "last_val": validations[-1] if validations else None,
             },
         }

@@ -75,8 +75,9 @@ class TrainingConfig:
     variable-rate too and runs at the same quality. Validation runs at each of
     ``val_qualities`` (default: ``qualities``) and ranks checkpoints by the geometric mean
     of their RD losses. ``ema_decay``: keep an exponential moving average of the
-    student's weights (validated beside them as ``val_ema``, and the weights ``best``
-    keeps).
+    student's weights, validated beside them as ``val_ema`` (``best`` keeps the better
+    of the two; in the pilots the average was 4% better at a high learning rate and 2%
+    worse after the last decay).
     ``fast``: channels_last, and bf16 autocast where the device computes bf16 natively
     (:func:`~.trainer.native_bfloat16`).
     """

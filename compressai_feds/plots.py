@@ -83,10 +83,14 @@ def plot_validation(jobs: list[Job], logs: Path, output: Path) -> None:
             continue
         val = [r for r in map(json.loads, metrics.read_text().splitlines()) if "val" in r]
         # a variable-rate job validates at several qualities ("q1", ...), drawn in each one's panel;
-        # with a moving average of its weights, the averaged weights' figures (those it exports)
-        key = "val_ema" if val and "val_ema" in val[-1] else "val"
+        # with a moving average of its weights, the better of the two (what it would export)
+        chosen = [
+            (r["step"], min(r["val"], r.get("val_ema", r["val"]), key=lambda v: v["rd_loss"])) for r in val
+        ]
         for quality in [job.quality] if job.quality else QUALITIES:
-            points = [(r["step"], r[key] if job.quality else r[key].get(f"q{quality}", {})) for r in val]
+            points = [
+                (step, figures if job.quality else figures.get(f"q{quality}", {})) for step, figures in chosen
+            ]
             points = [(step, figures["rd_loss"]) for step, figures in points if "rd_loss" in figures]
             if points:
                 steps, losses = (list(values) for values in zip(*points, strict=True))

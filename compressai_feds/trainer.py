@@ -508,9 +508,10 @@ class DistillationTrainer:
         metrics = self._validation_metrics(self.student)
         record: dict[str, Any] = {"step": self.step, "val": metrics}
         kept = self.student
-        if self.ema is not None:
-            kept = self.ema.module
-            record["val_ema"] = metrics = self._validation_metrics(kept)
+        if self.ema is not None:  # the better of the two (the average wins at a high learning rate)
+            record["val_ema"] = averaged = self._validation_metrics(self.ema.module)
+            if averaged["rd_loss"] < metrics["rd_loss"]:
+                kept, metrics = self.ema.module, averaged
         self._log(record)
         if metrics["rd_loss"] < self.best_val_loss:
             self.best_val_loss = metrics["rd_loss"]

@@ -2,9 +2,10 @@
 coded, against the rate of y with z erased (every z at its median, what a decoder
 assumes with no z bits), per quality, on a folder of images.
 
-    python zoo/results/hyper_latent.py IMAGES/ CHECKPOINT... [--json OUT.json]
+    python zoo/results/hyper_latent.py IMAGES/ CHECKPOINT... [-q 1,3,6] [--json OUT.json]
 
-Eval mode (rounding, as coding does), full images, padded as the codec pads them.
+Eval mode (rounding, as coding does), full images, padded as the codec pads them; a
+variable-rate checkpoint at each quality of ``-q``.
 ``saves`` = bpp_y(z erased) − bpp_y − bpp_z: positive when z pays for itself.
 """
 
@@ -60,6 +61,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("images", type=Path)
     parser.add_argument("checkpoints", nargs="+", type=Path)
+    parser.add_argument(
+        "-q", "--qualities", default="3", help="variable-rate checkpoints: qualities, e.g. 1,3,6"
+    )
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     paths = find_images(args.images)
@@ -69,15 +73,20 @@ def main() -> None:
     print(f"{'checkpoint':48} {'bpp_y':>7} {'bpp_z':>7} {'z share':>7} {'y, z erased':>11} {'z saves':>8}")
     for path in args.checkpoints:
         net = load_codec(path).eval()
-        sums = [0.0, 0.0, 0.0]
-        for x in tqdm(images, desc=path.name, leave=False):
-            for i, value in enumerate(rates(net, x)):
-                sums[i] += value / len(images)
-        bpp_y, bpp_z, erased = sums
-        saves = erased - bpp_y - bpp_z
-        table[path.name] = {"bpp_y": bpp_y, "bpp_z": bpp_z, "bpp_y_z_erased": erased, "z_saves_bpp": saves}
-        share = 100 * bpp_z / (bpp_y + bpp_z)
-        print(f"{path.name:48} {bpp_y:7.4f} {bpp_z:7.4f} {share:6.2f}% {erased:11.4f} {saves:+8.4f}")
+        qualities = [float(q) for q in args.qualities.split(",")] if net.variable_rate else [None]
+        for quality in qualities:
+            if quality is not None:
+                net.quality = quality
+            name = path.name if quality is None else f"{path.name} q{quality:g}"
+            sums = [0.0, 0.0, 0.0]
+            for x in tqdm(images, desc=name, leave=False):
+                for i, value in enumerate(rates(net, x)):
+                    sums[i] += value / len(images)
+            bpp_y, bpp_z, erased = sums
+            saves = erased - bpp_y - bpp_z
+            table[name] = {"bpp_y": bpp_y, "bpp_z": bpp_z, "bpp_y_z_erased": erased, "z_saves_bpp": saves}
+            share = 100 * bpp_z / (bpp_y + bpp_z)
+            print(f"{name:48} {bpp_y:7.4f} {bpp_z:7.4f} {share:6.2f}% {erased:11.4f} {saves:+8.4f}")
     if args.json:
         args.json.write_text(json.dumps(table, indent=1) + "\n")
 
