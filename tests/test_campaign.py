@@ -250,3 +250,34 @@ def test_campaign_stops_resumes_and_exports(campaign_dir, monkeypatch):
     )
     # nothing left to do: a new start exits at once
     assert "all jobs finished" in run_python(*campaign(root)[1:])
+
+
+def test_a_variable_rate_job_starts_from_fixed_rate_weights_and_exports_outside_the_zoo(campaign_dir):
+    """As zoo v2 runs: a variable-rate student warm-started from a finished fixed-rate
+    job, its moving average kept, exported to ``v2/`` (not in the zoo's lookup)."""
+    recipe = tiny_recipe(campaign_dir / "images", teacher_steps=2)
+    recipe["jobs"] = [recipe["jobs"][1]]  # baseline: fixed rate, q3
+    recipe["jobs"].append(
+        {
+            "name": "baseline-vr",
+            "model": "feds-student",
+            "quality": None,
+            "export": "v2/ablation/feds-student-noteacher-mse",
+            "init": "baseline",
+            "settings": {
+                "student_args": {"variable_rate": True},
+                "qualities": [1, 6],
+                "ema_decay": 0.9,
+                "val_every": 2,
+            },
+            "stages": [stage("rate_distortion", 3)],
+        }
+    )
+    (campaign_dir / "zoo" / "recipe.json").write_text(json.dumps(recipe))
+    run = subprocess.run(campaign(campaign_dir), capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stdout + run.stderr
+    (path,) = (campaign_dir / "zoo" / "v2" / "ablation").glob("feds-student-noteacher-mse-*.pth.tar")
+    weights, metadata = read_checkpoint(path)
+    assert "gain_units.log_gain" in weights and metadata["qualities"] == [1, 6]
+    assert not list((campaign_dir / "zoo").glob("feds-student-mse-[0-9a-f]*.pth.tar"))
+    assert state(campaign_dir, "baseline-vr")["status"] == "finished"
