@@ -24,6 +24,7 @@ from compressai.ops import compute_padding
 from compressai.registry import register_model
 from torch import Tensor
 
+from .auxiliary_transform import AuxiliaryTransform
 from .entropy_coding import BitstreamError, channel_wise_hyperprior, fixed_point_networks, swapped_modules
 from .gain_units import REFERENCE_QUALITY, GainUnits
 from .layers import SwinV2AttentionBlock
@@ -129,6 +130,8 @@ class FEDSCodec(SimpleVAECompressionModel):
         window_size: Attention window side (a run-time setting: it is not
             stored in the weights).
         variable_rate: Learn gains for the six quality levels (one codec for all).
+        auxiliary_transform: Add linear wavelet shortcuts beside ``g_a`` and ``g_s``
+            (:mod:`~.auxiliary_transform`, Li et al., ICLR 2025).
     """
 
     def __init__(
@@ -140,6 +143,7 @@ class FEDSCodec(SimpleVAECompressionModel):
         attention: bool,
         window_size: int = 8,
         variable_rate: bool = False,
+        auxiliary_transform: bool = False,
     ) -> None:
         super().__init__()
         self.N, self.M, self.groups = N, M, list(groups)
@@ -162,6 +166,8 @@ class FEDSCodec(SimpleVAECompressionModel):
             _synthesis_stage(N, num_res_blocks, False, window_size),
             nn.Sequential(subpel_conv3x3(N, 3, 2)),
         )
+        self.g_a_shortcuts = AuxiliaryTransform(N, M, synthesis=False) if auxiliary_transform else None
+        self.g_s_shortcuts = AuxiliaryTransform(N, M, synthesis=True) if auxiliary_transform else None
         self.latent_codec = channel_wise_hyperprior(M, N, groups)
         self.gain_units = GainUnits(M, 2 * N) if variable_rate else None
         self._quality = float(REFERENCE_QUALITY) if variable_rate else None
@@ -179,6 +185,40 @@ class FEDSCodec(SimpleVAECompressionModel):
         for module in self.latent_codec.modules():
             if hasattr(module, "verify_decoding"):
                 module.verify_decoding = enabled
+
+    def _analysis(self, x: Tensor, features: dict[str, Tensor] | None = None) -> Tensor:
+        """``g_a``, each stage's output plus its auxiliary shortcut's (if any); the
+        outputs of stages 1-3 go into ``features``."""
+        return self._transform(x, self.g_a, self.g_a_shortcuts, "analysis", features)
+
+    def _synthesis(self, y_hat: Tensor, features: dict[str, Tensor] | None = None) -> Tensor:
+        """``g_s``, like :meth:`_analysis`."""
+        return self._transform(y_hat, self.g_s, self.g_s_shortcuts, "synthesis", features)
+
+    @staticmethod
+    def _transform(
+        x: Tensor,
+        stages: nn.Sequential,
+        auxiliary: AuxiliaryTransform | None,
+        name: str,
+        features: dict[str, Tensor] | None,
+    ) -> Tensor:
+        h = shortcut = x
+        for i, stage in enumerate(stages, start=1):
+            h = stage(h)
+            if auxiliary is not None:
+                shortcut = auxiliary.shortcuts[i - 1](shortcut)
+                h = h + shortcut
+            if features is not None and i < len(stages):
+                features[f"{name}_{i}"] = h
+        return h
+
+    def orthogonality_loss(self) -> Tensor | None:
+        """The auxiliary transform's regulariser (its projections near-orthogonal), a
+        training loss term; ``None`` without one."""
+        if self.g_a_shortcuts is None:
+            return None
+        return self.g_a_shortcuts.orthogonality_loss() + self.g_s_shortcuts.orthogonality_loss()
 
     @property
     def variable_rate(self) -> bool:
@@ -256,12 +296,8 @@ class FEDSCodec(SimpleVAECompressionModel):
         """
         _check_image(x)
         pad, unpad = compute_padding(x.size(2), x.size(3), min_div=PAD_MULTIPLE)
-        h = F.pad(x, pad)
         features: dict[str, Tensor] = {}
-        for i, stage in enumerate(self.g_a[:-1], start=1):
-            h = stage(h)
-            features[f"analysis_{i}"] = h
-        y = self.g_a[-1](h)
+        y = self._analysis(F.pad(x, pad), features)
         qualities = self._qualities(quality, x.size(0), x.device)  # (refuses one for a fixed-rate codec)
         gain = inverse_gain = offset = None
         if self.variable_rate:
@@ -270,11 +306,8 @@ class FEDSCodec(SimpleVAECompressionModel):
         features["y"] = y
         with torch.autocast(x.device.type, enabled=False), self._side_offset(offset):
             y_out = self.latent_codec(y.float())
-        h = y_out["y_hat"] if inverse_gain is None else y_out["y_hat"] * inverse_gain
-        for i, stage in enumerate(self.g_s[:-1], start=1):
-            h = stage(h)
-            features[f"synthesis_{i}"] = h
-        x_hat = F.pad(self.g_s[-1](h), unpad)
+        y_hat = y_out["y_hat"] if inverse_gain is None else y_out["y_hat"] * inverse_gain
+        x_hat = F.pad(self._synthesis(y_hat, features), unpad)
         out = {"x_hat": x_hat, "likelihoods": y_out["likelihoods"]}
         if return_features:
             out["features"] = features
@@ -297,7 +330,7 @@ class FEDSCodec(SimpleVAECompressionModel):
         _check_image(x)
         image_size = (x.size(2), x.size(3))
         pad, _ = compute_padding(*image_size, min_div=PAD_MULTIPLE)
-        y = self.g_a(F.pad(x, pad)).float()
+        y = self._analysis(F.pad(x, pad)).float()
         offset = None
         if self.variable_rate:
             y = y * self.gain_units(self._qualities(None, 1, x.device))[0]
@@ -340,7 +373,7 @@ class FEDSCodec(SimpleVAECompressionModel):
         _, unpad = compute_padding(*image_size, min_div=PAD_MULTIPLE)
         if self.variable_rate:
             y_hat = y_hat * self.gain_units(self._qualities(None, 1, y_hat.device))[1]
-        return F.pad(self.g_s(y_hat), unpad).clamp_(0, 1)
+        return F.pad(self._synthesis(y_hat), unpad).clamp_(0, 1)
 
     @classmethod
     def from_state_dict(cls, state_dict: Mapping[str, Tensor], variable_rate: bool = False) -> FEDSCodec:
@@ -357,7 +390,7 @@ class FEDSCodec(SimpleVAECompressionModel):
         except (KeyError, IndexError) as exc:
             raise ValueError(f"this state dict is not from a {cls.__name__} (missing {exc})") from None
         if cls is FEDSCodec:
-            sizes = {k: v for k, v in config.items() if k != "variable_rate"}
+            sizes = {k: v for k, v in config.items() if k not in ("variable_rate", "auxiliary_transform")}
             cls = next((sub for sub in cls.__subclasses__() if _default_config(sub) == sizes), cls)
         added = variable_rate and not config["variable_rate"]
         net = cls(**{**config, "variable_rate": config["variable_rate"] or variable_rate})
@@ -388,6 +421,7 @@ def _config_from_state_dict(state_dict: Mapping[str, Tensor]) -> dict[str, Any]:
         "num_res_blocks": len(res_blocks) - 1,  # minus the strided block
         "attention": any(".blocks.0.attn." in k for k in state_dict),
         "variable_rate": "gain_units.log_gain" in state_dict,
+        "auxiliary_transform": "g_a_shortcuts.shortcuts.0.log_scales" in state_dict,
     }
 
 
@@ -409,8 +443,11 @@ class FEDSTeacher(FEDSCodec):
         attention: bool = True,
         window_size: int = 8,
         variable_rate: bool = False,
+        auxiliary_transform: bool = False,
     ) -> None:
-        super().__init__(N, M, groups, num_res_blocks, attention, window_size, variable_rate)
+        super().__init__(
+            N, M, groups, num_res_blocks, attention, window_size, variable_rate, auxiliary_transform
+        )
 
 
 @register_model("feds-student")
@@ -431,8 +468,11 @@ class FEDSStudent(FEDSCodec):
         attention: bool = False,
         window_size: int = 8,
         variable_rate: bool = False,
+        auxiliary_transform: bool = False,
     ) -> None:
-        super().__init__(N, M, groups, num_res_blocks, attention, window_size, variable_rate)
+        super().__init__(
+            N, M, groups, num_res_blocks, attention, window_size, variable_rate, auxiliary_transform
+        )
 
 
 # The zoo functions of these classes, registered in CompressAI's zoo when that module completes.

@@ -15,7 +15,7 @@ import sys
 from dataclasses import fields, replace
 from pathlib import Path
 
-from .config import TrainingConfig
+from .config import LR_SCHEDULES, TrainingConfig
 from .quality import LAMBDAS, QUALITIES
 from .trainer import DistillationTrainer
 
@@ -86,6 +86,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--ema-decay", type=float, help="keep (validate, export) a moving average of the weights"
+    )
+    parser.add_argument(
+        "--lr-schedule",
+        choices=LR_SCHEDULES,
+        help="learning rate within each stage: step (x0.1 near its end) or cosine (to 0 at its end)",
     )
     parser.add_argument("--steps", help="steps of the three stages, e.g. 100000,300000,100000")
     parser.add_argument("--batch-size", type=int)

@@ -104,8 +104,9 @@ class DistillationObjective(nn.Module):
     """The student and the training-only adapters, with every loss term.
 
     One module, so that one (DDP-wrapped) forward computes the whole loss:
-    ``loss = RD + feature_weight * L_feat + channel_weight * L_ch`` and the
-    auxiliary loss of the entropy bottleneck, which only reaches its quantiles.
+    ``loss = RD + feature_weight * L_feat + channel_weight * L_ch`` (+ the
+    orthogonality loss of an auxiliary transform) and the auxiliary loss of the
+    entropy bottleneck, which only reaches its quantiles.
     A variable-rate student runs each image at its quality, with its λ.
     """
 
@@ -169,6 +170,10 @@ class DistillationObjective(nn.Module):
             y_student, y_teacher = features["y"], teacher_out["features"]["y"]
             losses["channel_loss"] = self.channel_loss(y_student, y_teacher, teacher_bits)
             total = total + channel_weight * losses["channel_loss"]
+        orthogonality = self.student.orthogonality_loss()
+        if orthogonality is not None:
+            losses["orthogonality_loss"] = orthogonality
+            total = total + orthogonality
         losses["loss"] = total
         losses["aux_loss"] = self.student.aux_loss()
         return losses

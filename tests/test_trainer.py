@@ -272,6 +272,18 @@ def test_a_fine_tune_warms_its_learning_rate_up_from_step_0(data, tmp_path):
         tiny_config(data, warmup=-1)
 
 
+def test_a_cosine_schedule_decays_each_stage_to_zero(data):
+    stages = [Stage("rd", 4, 1e-4, 0.0, 0.0), Stage("lower", 2, 2e-5, 0.0, 0.0)]
+    config = tiny_config(data, teacher=None, stages=stages, lr_schedule="cosine")
+    rates = [config.lr_at(step) for step in range(7)]
+    assert rates[:4] == pytest.approx([1e-4, 1e-4 * (1 + 2**-0.5) / 2, 5e-5, 1e-4 * (1 - 2**-0.5) / 2])
+    assert rates[4:] == pytest.approx([2e-5, 1e-5, 0.0])  # past the end: the last stage's end
+    step_rates = [replace(config, lr_schedule="step", lr_decay_at=0.5).lr_at(step) for step in range(4)]
+    assert step_rates == pytest.approx([1e-4, 1e-4, 1e-5, 1e-5])  # x0.1 from half the stage on
+    with pytest.raises(ValueError, match=r"^lr_schedule must be one of \('step', 'cosine'\), got 'linear'$"):
+        replace(config, lr_schedule="linear")
+
+
 def test_a_resumed_run_continues_the_warm_up_of_its_restart(data, tmp_path):
     stages = [Stage("rd", 8, 1e-4, 0.0, 0.0)]
     config = tiny_config(
