@@ -29,8 +29,9 @@ def _pyplot():
 
 
 def plot_metrics(metrics_path: Path, output: Path) -> None:
-    """Training loss parts and validation RD loss / PSNR against steps, with the
-    stage boundaries, as a PNG."""
+    """Training loss parts and validation RD loss / PSNR (a variable-rate run: RD
+    loss per quality, raw weights and their moving average) against steps, with
+    the stage boundaries, as a PNG."""
     plt = _pyplot()
 
     records = [json.loads(line) for line in metrics_path.read_text().splitlines() if line]
@@ -47,7 +48,16 @@ def plot_metrics(metrics_path: Path, output: Path) -> None:
         for step in boundaries:
             ax.axvline(step, color="gray", linestyle=":", linewidth=1)
     axes[0].legend()
-    if val:
+    levels = [key for key in val[0]["val"] if key.startswith("q")] if val else []
+    if levels:  # a variable-rate run: each quality's RD loss (they differ 12-fold), raw and average
+        for level, colour in zip(levels, plt.rcParams["axes.prop_cycle"].by_key()["color"], strict=False):
+            for kind, style in (("val", "o-"), ("val_ema", "s--")):
+                points = [(r["step"], r[kind][level]["rd_loss"]) for r in val if kind in r]
+                label = level if kind == "val" else f"{level} moving average"
+                axes[1].plot(*zip(*points, strict=True), style, color=colour, label=label, markersize=3)
+        axes[1].set(yscale="log", ylabel="RD loss")
+        axes[1].legend(fontsize="small")
+    elif val:
         steps = [r["step"] for r in val]
         lines = axes[1].plot(steps, [r["val"]["rd_loss"] for r in val], "o-", label="RD loss")
         twin = axes[1].twinx()
