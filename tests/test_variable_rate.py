@@ -254,10 +254,14 @@ def test_variable_rate_training_distils_validates_per_quality_and_resumes_its_av
         "val": sample_crops(tmp_path / "val", size=64, count=1),
         "teacher": tmp_path / "t.pth.tar",
     }
-    vr = {"student_args": {**TINY_STUDENT, "variable_rate": True}, "qualities": [1, 6], "ema_decay": 0.9}
+    student_args = {**TINY_STUDENT, "variable_rate": True, "auxiliary_transform": True}
+    vr = {"student_args": student_args, "qualities": [1, 6], "ema_decay": 0.9}
     trainer = DistillationTrainer(tiny_config(data, **vr), tmp_path / "run", progress=False)
     trainer.train()
     records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    logged = [r for r in records if "stage" in r]
+    assert logged and all("orthogonality_loss" in r for r in logged)  # the AuxT regulariser
+    assert (tmp_path / "run" / "training.png").is_file()
     validation = [r for r in records if "val" in r][-1]
     assert set(validation["val"]) >= {"q1", "q6", "rd_loss"} and "val_ema" in validation
     assert validation["val"]["q6"]["bpp"] > validation["val"]["q1"]["bpp"]
