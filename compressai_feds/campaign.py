@@ -506,8 +506,11 @@ def main(argv: list[str] | None = None) -> int:
             recipe.data = str(Path(args.data).resolve())
         if args.threads:
             recipe.threads = args.threads
-            recipe.check()
         campaign = Campaign(recipe, args.runs, args.zoo or path.resolve().parent)
+        if args.threads:  # (finished jobs may have used more)
+            too_wide = [j.name for j in recipe.jobs if j.threads > args.threads and not campaign.finished(j)]
+            if too_wide:
+                raise ValueError(f"jobs {too_wide} want more than the {args.threads} threads given")
         if args.status:
             for job in recipe.jobs:
                 print(status_line(job, campaign.state(job)))

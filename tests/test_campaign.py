@@ -147,6 +147,20 @@ def test_bad_recipes_are_refused_in_one_line(campaign_dir, change, message):
     assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr
 
 
+def test_fewer_threads_than_a_finished_job_used_are_allowed(campaign_dir):
+    recipe = tiny_recipe(campaign_dir / "images")
+    recipe["jobs"][0]["threads"] = 2
+    (campaign_dir / "zoo" / "recipe.json").write_text(json.dumps(recipe))
+    command = [*campaign(campaign_dir), "--threads", "1", "--status"]
+    refused = subprocess.run(command, capture_output=True, text=True)
+    assert refused.returncode == 2 and "jobs ['teacher'] want more than the 1 threads given" in refused.stderr
+    done = campaign_dir / "zoo" / "training" / "teacher"
+    done.mkdir(parents=True)
+    (done / "state.json").write_text(json.dumps({"status": "finished", "step": 300}))
+    allowed = subprocess.run(command, capture_output=True, text=True)
+    assert allowed.returncode == 0 and "finished" in allowed.stdout, allowed.stderr
+
+
 def stop_when_checkpointed(process: subprocess.Popen, checkpoint: Path, step: int) -> None:
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline and process.poll() is None:
