@@ -52,21 +52,28 @@ def read_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str
     return checkpoint["state_dict"], {**metadata, **checkpoint.get("metadata", {})}
 
 
-def load_codec(path: str | Path, architecture: str | None = None, variable_rate: bool = False) -> nn.Module:
+def load_codec(
+    path: str | Path,
+    architecture: str | None = None,
+    variable_rate: bool = False,
+    auxiliary_transform: bool = False,
+) -> nn.Module:
     """A codec from a checkpoint file (:func:`read_checkpoint`).
 
     The class is the one the checkpoint names, else ``architecture``, else
-    :class:`FEDSCodec` (which reads its sizes off the weights). ``variable_rate``:
-    a fixed-rate codec's weights with gain units added
-    (:meth:`FEDSCodec.from_state_dict`)."""
+    :class:`FEDSCodec` (which reads its sizes off the weights). ``variable_rate``,
+    ``auxiliary_transform``: the weights with gain units or an auxiliary transform
+    added, at their initialisation (:meth:`FEDSCodec.from_state_dict`)."""
     from compressai.registry import MODELS
 
     from .models import FEDSCodec  # (the zoo, which the models import, imports this module)
 
     state_dict, metadata = read_checkpoint(path)
     model_class = MODELS.get(metadata.get("architecture") or architecture or "", FEDSCodec)
-    if variable_rate:
-        return model_class.from_state_dict(state_dict, variable_rate=True)
+    if variable_rate or auxiliary_transform:
+        return model_class.from_state_dict(
+            state_dict, variable_rate=variable_rate, auxiliary_transform=auxiliary_transform
+        )
     return model_class.from_state_dict(state_dict)
 
 

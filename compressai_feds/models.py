@@ -376,14 +376,17 @@ class FEDSCodec(SimpleVAECompressionModel):
         return F.pad(self._synthesis(y_hat), unpad).clamp_(0, 1)
 
     @classmethod
-    def from_state_dict(cls, state_dict: Mapping[str, Tensor], variable_rate: bool = False) -> FEDSCodec:
+    def from_state_dict(
+        cls, state_dict: Mapping[str, Tensor], variable_rate: bool = False, auxiliary_transform: bool = False
+    ) -> FEDSCodec:
         """Builds the codec a state dict was saved from and loads it.
 
         ``FEDSCodec.from_state_dict`` returns a :class:`FEDSTeacher` or
         :class:`FEDSStudent` when the weights have that class's default sizes.
         ``variable_rate`` adds gain units to the weights of a fixed-rate codec, at their
         start (gain 1 at quality 3): a codec trained at quality 3 is a warm start for
-        variable-rate training.
+        variable-rate training. ``auxiliary_transform`` likewise adds the auxiliary
+        transform's shortcuts, at their initialisation.
         """
         try:
             config = _config_from_state_dict(state_dict)
@@ -392,8 +395,12 @@ class FEDSCodec(SimpleVAECompressionModel):
         if cls is FEDSCodec:
             sizes = {k: v for k, v in config.items() if k not in ("variable_rate", "auxiliary_transform")}
             cls = next((sub for sub in cls.__subclasses__() if _default_config(sub) == sizes), cls)
-        added = variable_rate and not config["variable_rate"]
-        net = cls(**{**config, "variable_rate": config["variable_rate"] or variable_rate})
+        wanted = {
+            "variable_rate": config["variable_rate"] or variable_rate,
+            "auxiliary_transform": config["auxiliary_transform"] or auxiliary_transform,
+        }
+        added = any(wanted[name] != config[name] for name in wanted)
+        net = cls(**{**config, **wanted})
         net.load_state_dict({**net.state_dict(), **state_dict} if added else state_dict)
         return net
 

@@ -72,10 +72,12 @@ def native_bfloat16(device: torch.device) -> bool:
 
 
 def _build_model(spec: str, architecture_args: dict[str, Any]) -> nn.Module:
-    """An architecture, or the weights of a checkpoint (``{"variable_rate": true}`` in
-    ``architecture_args`` adds gain units to fixed-rate weights)."""
+    """An architecture, or the weights of a checkpoint (``{"variable_rate": true}`` or
+    ``{"auxiliary_transform": true}`` in ``architecture_args`` adds gain units or the
+    auxiliary transform to weights without them)."""
     if Path(spec).is_file():
-        return load_codec(spec, variable_rate=architecture_args.get("variable_rate", False))
+        added = {k: bool(architecture_args.get(k)) for k in ("variable_rate", "auxiliary_transform")}
+        return load_codec(spec, **added)
     if spec not in MODELS:
         raise ValueError(f"{spec!r} is neither a checkpoint file nor a registered architecture")
     return MODELS[spec](**architecture_args)

@@ -72,3 +72,13 @@ def test_each_side_of_the_auxiliary_transform_is_in_the_path(side):
     with_both = net(x)["x_hat"]
     setattr(net, side, None)
     assert not torch.allclose(net(x)["x_hat"], with_both, atol=1e-4)
+
+
+def test_trained_weights_warm_start_a_codec_with_the_auxiliary_transform(tmp_path):
+    from compressai_feds.checkpoint_io import load_codec
+
+    trained = FEDSStudent()
+    torch.save({"state_dict": trained.state_dict(), "architecture": "feds-student"}, tmp_path / "q3.pth.tar")
+    net = load_codec(tmp_path / "q3.pth.tar", variable_rate=True, auxiliary_transform=True)
+    assert net.variable_rate and net.g_a_shortcuts is not None and net.orthogonality_loss() < 1e-10
+    assert torch.equal(net.g_s[1][0].conv1.weight, trained.g_s[1][0].conv1.weight)
