@@ -49,7 +49,7 @@ import torch
 from .checkpoint_io import export
 from .config import Stage, TrainingConfig
 from .images import find_images
-from .plots import plot_metrics, plot_validation
+from .plots import kept_validation, plot_metrics, plot_validation
 from .quality import LAMBDAS
 
 __all__ = ["Campaign", "Job", "Recipe", "split_validation"]
@@ -346,15 +346,11 @@ class Campaign:
             ]
         # the weights' moving average ships where its last validation was the better
         last = next((r for r in reversed(records) if "val_ema" in r), None)
-        averaged = "ema" in saved and last is not None and last["val_ema"]["rd_loss"] < last["val"]["rd_loss"]
+        averaged = "ema" in saved and last is not None and kept_validation(last) is last["val_ema"]
         weights = saved["state_dict"]
         if averaged:
             weights = {k.removeprefix("module."): v for k, v in saved["ema"].items() if k != "n_averaged"}
-        validations = [
-            {"step": r["step"], "val": min(r["val"], r.get("val_ema", r["val"]), key=lambda v: v["rd_loss"])}
-            for r in records
-            if "val" in r
-        ]
+        validations = [{"step": r["step"], "val": kept_validation(r)} for r in records if "val" in r]
         best = min(validations, key=lambda r: r["val"]["rd_loss"], default=None)
         folder, name = self._export_location(job)
         config = saved["config"]

@@ -28,6 +28,12 @@ def _pyplot():
     return plt
 
 
+def kept_validation(record: dict) -> dict:
+    """The figures of a validation record (a line of ``metrics.jsonl``) for the weights a
+    run keeps: their moving average's (``"val_ema"``) where those validated better."""
+    return min(record["val"], record.get("val_ema", record["val"]), key=lambda v: v["rd_loss"])
+
+
 def plot_metrics(metrics_path: Path, output: Path) -> None:
     """Training loss parts and validation RD loss / PSNR (a variable-rate run: RD
     loss per quality, raw weights and their moving average) against steps, with
@@ -94,9 +100,7 @@ def plot_validation(jobs: list[Job], logs: Path, output: Path) -> None:
         val = [r for r in map(json.loads, metrics.read_text().splitlines()) if "val" in r]
         # a variable-rate job validates at several qualities ("q1", ...), drawn in each one's panel;
         # with a moving average of its weights, the better of the two (what it would export)
-        chosen = [
-            (r["step"], min(r["val"], r.get("val_ema", r["val"]), key=lambda v: v["rd_loss"])) for r in val
-        ]
+        chosen = [(r["step"], kept_validation(r)) for r in val]
         for quality in [job.quality] if job.quality else QUALITIES:
             points = [
                 (step, figures if job.quality else figures.get(f"q{quality}", {})) for step, figures in chosen
