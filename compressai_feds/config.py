@@ -83,6 +83,9 @@ class TrainingConfig:
     of the two; in the pilots the average was 4% better at a high learning rate and 2%
     worse after the last decay).
     ``lr_schedule``: how the learning rate decays within each stage (:meth:`lr_at`).
+    ``clip_max_norm``: the student's gradients are scaled to at most this global norm
+    (0: not clipped); the norm before clipping is logged as ``grad_norm``, and a step
+    whose norm is not finite is skipped.
     ``fast``: channels_last, and bf16 autocast where the device computes bf16 natively
     (:func:`~.trainer.native_bfloat16`).
     """

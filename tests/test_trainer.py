@@ -1,6 +1,7 @@
 """Short real training runs with tiny models on crops of the sample images."""
 
 import json
+import math
 import signal
 import subprocess
 import sys
@@ -76,6 +77,7 @@ def test_three_stages_run_with_their_losses(data, tmp_path):
     assert by_step[6]["lr"] == pytest.approx(1e-6)  # fine-tuning lr, decayed at 90% of the stage
     for record in by_step.values():  # the rate of each latent, logged apart
         assert record["bpp_y"] + record["bpp_z"] == pytest.approx(record["bpp_loss"], rel=1e-5)
+        assert math.isfinite(record["grad_norm"]) and record["grad_norm"] > 0  # before clipping
     assert result["step"] == 6 and result["val"]["bpp"] > 0
     assert any("val" in r for r in records)
     for name in ("checkpoint.pth.tar", "best.pth.tar", "config.json", "training.png"):
