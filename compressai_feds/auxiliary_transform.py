@@ -20,7 +20,7 @@ from torch import Tensor, nn
 __all__ = ["AuxiliaryTransform", "OrthogonalProjection", "WaveletShortcut", "InverseWaveletShortcut"]
 
 #: One level of the orthonormal 2-D Haar transform of a 2×2 block (pixels in
-#: ``pixel_unshuffle`` order: top-left, top-right, bottom-left, bottom-right),
+#: raster order: top-left, top-right, bottom-left, bottom-right),
 #: a subband per row: LL, then the horizontal, vertical and diagonal details.
 _HAAR = torch.tensor([[1, 1, 1, 1], [1, -1, 1, -1], [1, 1, -1, -1], [1, -1, -1, 1]]) / 2.0
 
@@ -51,7 +51,9 @@ def _subband_scales(channels: int) -> nn.Parameter:
 
 class WaveletShortcut(nn.Module):
     """Halves the resolution: Haar subbands, scaled, projected to ``out_channels``
-    (AuxT's WLS). The three linear maps run as one 1×1 convolution of the 2×2 blocks."""
+    (AuxT's WLS). The three linear maps run as one 2×2 convolution of stride 2: the
+    teacher's four, forward and backward, took 132 ms against 174 ms as a 1×1
+    convolution of ``pixel_unshuffle`` blocks (one CPU thread, beside two training jobs)."""
 
     def __init__(self, in_channels: int, out_channels: int) -> None:
         super().__init__()
@@ -62,8 +64,8 @@ class WaveletShortcut(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         weight = self.projection.weight.view(-1, 4, x.size(1))  # (out, subband, channel)
         weight = torch.einsum("osc,sk->ock", weight * self.log_scales.view(1, 4, -1).exp(), self.haar)
-        blocks = F.pixel_unshuffle(x, 2)  # channel c * 4 + k: pixel k of channel c's 2×2 block
-        return F.conv2d(blocks, weight.reshape(weight.size(0), -1, 1, 1).to(x.dtype), self.projection.bias)
+        kernel = weight.reshape(weight.size(0), x.size(1), 2, 2)  # pixel k = 2 * row + column
+        return F.conv2d(x, kernel.to(x.dtype), self.projection.bias, stride=2)
 
 
 class InverseWaveletShortcut(nn.Module):
