@@ -20,6 +20,8 @@ from compressai_feds.plots import plot_validation
 TINY_TEACHER = {"N": 32, "M": 64, "groups": [16, 48], "num_res_blocks": 1}
 TINY_STUDENT = {"N": 16, "M": 32, "groups": [8, 24], "num_res_blocks": 1}
 REPO_RECIPE = Path(__file__).resolve().parent.parent / "zoo" / "recipe.json"
+#: Long enough that the tests' stops (at a checkpoint every 2 steps) land mid-run.
+TEACHER_STEPS = 40
 
 
 def stage(name, steps, feature_weight=0.0, channel_weight=0.0):
@@ -32,7 +34,7 @@ def stage(name, steps, feature_weight=0.0, channel_weight=0.0):
     }
 
 
-def tiny_recipe(data: Path, teacher_steps: int = 300) -> dict:
+def tiny_recipe(data: Path, teacher_steps: int = TEACHER_STEPS) -> dict:
     student_stages = [stage("feature_alignment", 2, 1.0), stage("channel_distillation", 2, 1.0, 1.0)]
     return {
         "data": str(data),
@@ -156,7 +158,7 @@ def test_fewer_threads_than_a_finished_job_used_are_allowed(campaign_dir):
     assert refused.returncode == 2 and "jobs ['teacher'] want more than the 1 threads given" in refused.stderr
     done = campaign_dir / "zoo" / "training" / "teacher"
     done.mkdir(parents=True)
-    (done / "state.json").write_text(json.dumps({"status": "finished", "step": 300}))
+    (done / "state.json").write_text(json.dumps({"status": "finished", "step": TEACHER_STEPS}))
     allowed = subprocess.run(command, capture_output=True, text=True)
     assert allowed.returncode == 0 and "finished" in allowed.stdout, allowed.stderr
 
@@ -207,7 +209,7 @@ def test_campaign_stops_resumes_and_exports(campaign_dir, monkeypatch):
     process = subprocess.Popen(campaign(root), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     stop_when_checkpointed(process, root / "runs" / "teacher" / "checkpoint.pth.tar", 2)
     first = state(root, "teacher")
-    assert first["status"] == "stopped" and 2 <= first["step"] < 300
+    assert first["status"] == "stopped" and 2 <= first["step"] < TEACHER_STEPS
     assert (root / "zoo" / first["export"]).is_file()
     assert not (root / "zoo" / "training" / "student").exists()  # waits for its teacher
 
@@ -216,25 +218,26 @@ def test_campaign_stops_resumes_and_exports(campaign_dir, monkeypatch):
     stop_when_checkpointed(process, root / "runs" / "teacher" / "checkpoint.pth.tar", first["step"] + 2)
     assert "teacher resumes from its run folder" in process.stdout.read()
     second = state(root, "teacher")
-    assert first["step"] < second["step"] < 300 and second["wall_seconds"] > first["wall_seconds"]
+    assert first["step"] < second["step"] < TEACHER_STEPS and second["wall_seconds"] > first["wall_seconds"]
 
     # a fresh clone: only the exports and logs in the zoo are left
     shutil.rmtree(root / "runs")
     out = run_python(*campaign(root)[1:])
     assert f"teacher continues from its exported weights at step {second['step']}" in out
     assert "all jobs finished" in out
-    for job, steps in (("teacher", 300), ("baseline", 4), ("student", 4), ("student-q4", 2)):
+    for job, steps in (("teacher", TEACHER_STEPS), ("baseline", 4), ("student", 4), ("student-q4", 2)):
         assert state(root, job)["status"] == "finished" and state(root, job)["step"] == steps
     status = run_python(*campaign(root)[1:], "--status").splitlines()
     assert len(status) == 4 and all(" finished " in line for line in status)
     teacher_val = state(root, "teacher")["last_val"]
     assert status[0].split() == [
-        "teacher", "finished", "300/300", "steps", f"{state(root, 'teacher')['wall_seconds'] / 3600:.2f}", "h",
-        "val", "RD", "loss", f"{teacher_val['val']['rd_loss']:.4f}", "at", "step", "300",
+        "teacher", "finished", f"{TEACHER_STEPS}/{TEACHER_STEPS}", "steps",
+        f"{state(root, 'teacher')['wall_seconds'] / 3600:.2f}", "h",
+        "val", "RD", "loss", f"{teacher_val['val']['rd_loss']:.4f}", "at", "step", str(TEACHER_STEPS),
     ]  # fmt: skip
     records = [json.loads(line) for line in (root / "zoo/training/teacher/metrics.jsonl").open()]
     logged = [r["step"] for r in records if "val" not in r]
-    assert logged == sorted(logged) and logged[-1] == 300 and len(logged) == len(set(logged))
+    assert logged == sorted(logged) and logged[-1] == TEACHER_STEPS and len(logged) == len(set(logged))
     assert sorted(p.name.rsplit("-", 1)[0] for p in (root / "zoo").glob("*.pth.tar")) == [
         "feds-student-mse-3",
         "feds-student-mse-4",

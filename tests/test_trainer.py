@@ -216,6 +216,7 @@ def test_cli_reports_bad_arguments_without_traceback(tmp_path):
     assert result.returncode == 2 and result.stderr.strip() == "error: restart_warmup must be >= 0, got -1"
 
 
+@pytest.mark.slow  # two torchrun processes: ~50 s, and the zoo trains on one machine
 def test_two_process_ddp_matches_one_process(data, tmp_path):
     """Same global batch, deterministic quantization, fp32: same weights to float
     rounding (measured 1e-7; another seed gives 0.9)."""
