@@ -1,0 +1,45 @@
+"""Validation RD loss of a training checkpoint at some qualities, out of its run's schedule
+(a run validates every ``val_every`` steps; this checks a checkpoint in between), as the
+trainer computes it: entropy-estimated bpp, full images, raw weights.
+
+    OMP_NUM_THREADS=1 python zoo/results/validation_check.py runs/campaign/teacher-vr/checkpoint.pth.tar \\
+        runs/campaign/data/val -q 1,3,6
+
+Copies the checkpoint first (the run may rewrite it meanwhile).
+"""
+
+import argparse
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+
+from compressai_feds.images import find_images
+from compressai_feds.quality import LAMBDAS
+from compressai_feds.trainer import _build_model, evaluate
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("checkpoint", type=Path, help="a trainer's checkpoint.pth.tar")
+    parser.add_argument("images", type=Path, help="the validation images")
+    parser.add_argument("-q", "--qualities", default="1,3,6", help="comma-separated qualities")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as folder:
+        copy = shutil.copy(args.checkpoint, Path(folder) / "checkpoint.pth.tar")
+        checkpoint = torch.load(copy, map_location="cpu", weights_only=True)
+    config = checkpoint["config"]
+    net = _build_model(config["student"], config["student_args"])
+    net.load_state_dict(checkpoint["state_dict"])
+    paths = find_images(args.images)
+    print(f"{args.checkpoint} at step {checkpoint['step']}, {len(paths)} images")
+    for quality in map(int, args.qualities.split(",")):
+        m = evaluate(net, paths, LAMBDAS[config["metric"]][quality], config["metric"], quality=quality)
+        print(f"q{quality}: RD loss {m['rd_loss']:.4f}, {m['bpp']:.4f} bpp, {m['psnr']:.2f} dB", flush=True)
+
+
+if __name__ == "__main__":
+    main()
