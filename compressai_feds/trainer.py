@@ -443,7 +443,7 @@ class DistillationTrainer:
         if not self._finite(losses["loss"]):
             return self._skip(stage.name, f"loss {losses['loss'].item()}")
         (losses["loss"] + losses["aux_loss"]).backward()
-        # the norm before clipping is logged: it climbs for ~50 steps before a run diverges
+        # the norm before clipping is logged: pilot G's climbed for ~50 steps before it diverged
         net_params = [p for group in self.optimizers["net"].param_groups for p in group["params"]]
         max_norm = config.clip_max_norm if config.clip_max_norm > 0 else math.inf
         grad_norm = torch.nn.utils.clip_grad_norm_(net_params, max_norm)
