@@ -5,12 +5,10 @@ trainer computes it: entropy-estimated bpp, full images, raw weights.
     OMP_NUM_THREADS=1 python zoo/results/validation_check.py runs/campaign/teacher-vr/checkpoint.pth.tar \\
         runs/campaign/data/val -q 1,3,6
 
-Copies the checkpoint first (the run may rewrite it meanwhile).
+Safe beside the running job: it replaces its checkpoint atomically (``files.write_atomically``).
 """
 
 import argparse
-import shutil
-import tempfile
 from pathlib import Path
 
 import torch
@@ -28,9 +26,7 @@ def main() -> None:
     parser.add_argument("images", type=Path, help="the validation images")
     parser.add_argument("-q", "--qualities", default="1,3,6", help="comma-separated qualities")
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory() as folder:
-        copy = shutil.copy(args.checkpoint, Path(folder) / "checkpoint.pth.tar")
-        checkpoint = torch.load(copy, map_location="cpu", weights_only=True)
+    checkpoint = torch.load(args.checkpoint, map_location="cpu", weights_only=True)
     config = checkpoint["config"]
     net = _build_model(config["student"], config["student_args"])
     net.load_state_dict(checkpoint["state_dict"])
