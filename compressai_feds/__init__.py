@@ -13,6 +13,8 @@ import importlib
 import warnings
 from typing import Any
 
+from compressai_plugin_hook import register_on_completion
+
 # torch_geometric, which compressai imports, calls the deprecated torch.jit.script at
 # import time: not our users' concern (a filter, so that the import stays where it is needed).
 warnings.filterwarnings("ignore", r"`torch\.jit\.script` is deprecated", FutureWarning)
@@ -31,6 +33,11 @@ __all__ = [
 ]
 
 __version__ = "0.1.0"
+
+# CompressAI's zoo lists feds-teacher and feds-student once the import that loads this package's
+# modules completes, whichever module it began with (compressai_feds/plugin_hook.py, installed as
+# the top-level module compressai_plugin_hook).
+register_on_completion(__name__)
 
 #: Where each public name lives, imported on first use (PEP 562).
 _MODULES = {

@@ -26,13 +26,14 @@ import sys
 
 TYPE_CHECKING = False  # typing itself costs ~9 ms of start-up
 if TYPE_CHECKING:
+    from collections.abc import Callable
     from importlib.machinery import ModuleSpec
     from types import ModuleType
 
 ENTRY_POINT_GROUP = "compressai.models"
 ZOO_MODULE = "compressai.zoo"
 
-__all__ = ["ENTRY_POINT_GROUP", "install", "register_plugins"]
+__all__ = ["ENTRY_POINT_GROUP", "install", "register_on_completion", "register_plugins"]
 
 
 def _initializing(name: str) -> bool:
@@ -41,17 +42,16 @@ def _initializing(name: str) -> bool:
 
 
 def _is_mid_import(module_name: str, complete: str | None = None) -> bool:
-    """True while a module of the entry point's package is being imported:
-    ``import compressai`` in a plugin's module imports ``compressai.zoo``, and
-    loading the plugin then would meet its own modules half made. Such a plugin
-    registers itself when the module its entry points name is complete, calling
-    :func:`register_plugins` with ``complete`` set to it at its end: that
-    module's names all exist then, whatever else is still being imported."""
-    if complete is not None:
-        return module_name != complete and _initializing(module_name)
+    """True while a module of the entry point's package other than ``complete``
+    is being imported: ``import compressai`` in a plugin's module imports
+    ``compressai.zoo``, and loading the plugin then would meet its own modules
+    half made. Such a package registers its plugins when its last half-made
+    module completes (:func:`register_on_completion`)."""
     package = module_name.split(".")[0]
     return any(
-        _initializing(name) for name in list(sys.modules) if name == package or name.startswith(package + ".")
+        _initializing(name)
+        for name in list(sys.modules)
+        if name != complete and (name == package or name.startswith(package + "."))
     )
 
 
@@ -65,9 +65,8 @@ def register_plugins(zoo: ModuleType | None = None, complete: str | None = None)
     """Adds every ``compressai.models`` entry point to CompressAI's zoo and registry.
 
     Safe to call repeatedly. A plugin that fails to load is skipped with a
-    warning; one whose package is mid-import is left for later, unless its
-    entry points' module is ``complete`` (see :func:`_is_mid_import`). Returns
-    the names registered.
+    warning; one whose package has a module other than ``complete`` mid-import
+    is left for later (see :func:`_is_mid_import`). Returns the names registered.
     """
     import importlib
 
@@ -96,6 +95,35 @@ def register_plugins(zoo: ModuleType | None = None, complete: str | None = None)
     return registered
 
 
+def _wrap_exec_module(spec: ModuleSpec, after: Callable[[ModuleType], None]) -> None:
+    """Makes ``spec``'s loader call ``after(module)`` once the module has run."""
+    exec_module = spec.loader.exec_module
+
+    def exec_then(module: ModuleType) -> None:
+        exec_module(module)
+        after(module)
+
+    spec.loader.exec_module = exec_then
+
+
+def _find_spec_elsewhere(finder: object, fullname: str, path: object, target: object) -> ModuleSpec | None:
+    """The spec the other ``sys.meta_path`` finders give ``fullname``."""
+    for other in list(sys.meta_path):
+        if other is not finder and hasattr(other, "find_spec"):
+            spec = other.find_spec(fullname, path, target)
+            if spec is not None:
+                return spec
+    return None
+
+
+def _register_or_warn(zoo: ModuleType, complete: str | None = None) -> list[str]:
+    try:
+        return register_plugins(zoo, complete)
+    except Exception as exc:
+        _warn(f"CompressAI plugin registration failed: {exc}")
+        return []
+
+
 class _RegisterAfterZooImport:
     """One-shot ``sys.meta_path`` finder: lets ``compressai.zoo`` load as usual,
     then calls :func:`register_plugins` on it."""
@@ -104,22 +132,43 @@ class _RegisterAfterZooImport:
         if fullname != ZOO_MODULE:
             return None
         sys.meta_path.remove(self)
-        from importlib.util import find_spec
-
-        spec = find_spec(fullname)
-        if spec is None or spec.loader is None:
-            return spec
-        exec_module = spec.loader.exec_module
-
-        def exec_then_register(module: ModuleType) -> None:
-            exec_module(module)
-            try:
-                register_plugins(module)
-            except Exception as exc:
-                _warn(f"CompressAI plugin registration failed: {exc}")
-
-        spec.loader.exec_module = exec_then_register
+        spec = _find_spec_elsewhere(self, fullname, path, target)
+        if spec is not None and spec.loader is not None:
+            _wrap_exec_module(spec, _register_or_warn)
         return spec
+
+
+class _RegisterOnPackageCompletion:
+    """``sys.meta_path`` finder for one plugin package: each time one of its
+    modules finishes importing with no other module of the package half made,
+    registers the plugins if ``compressai.zoo`` is loaded by then, once. The hook at ``compressai.zoo``'s
+    import leaves a package that is mid-import for later; this is the later."""
+
+    def __init__(self, package: str) -> None:
+        self.package = package
+
+    def find_spec(self, fullname: str, path: object = None, target: object = None) -> ModuleSpec | None:
+        if not fullname.startswith(self.package + "."):
+            return None
+        spec = _find_spec_elsewhere(self, fullname, path, target)
+        if spec is not None and spec.loader is not None:
+            _wrap_exec_module(spec, self.module_complete)
+        return spec
+
+    def module_complete(self, module: ModuleType) -> None:
+        zoo = sys.modules.get(ZOO_MODULE)
+        if not hasattr(zoo, "image_models") or _is_mid_import(module.__name__, module.__name__):
+            return
+        sys.meta_path.remove(self)
+        _register_or_warn(zoo, module.__name__)
+
+
+def register_on_completion(package: str) -> None:
+    """Called by a plugin package's ``__init__``: registers its plugins once
+    the import that is loading its modules completes, whichever module it
+    began with (see :class:`_RegisterOnPackageCompletion`)."""
+    if not any(getattr(f, "package", None) == package for f in sys.meta_path):
+        sys.meta_path.insert(0, _RegisterOnPackageCompletion(package))
 
 
 def install() -> None:

@@ -136,11 +136,3 @@ def feds_student(
     (``kwargs``: constructor arguments of :class:`~compressai_feds.FEDSStudent`).
     """
     return _load_model("feds-student", FEDSStudent, quality, metric, pretrained, **kwargs)
-
-
-# CompressAI's zoo lists the models once this module is complete, whichever import reached it (the
-# start-up hook leaves a package that is mid-import for later). compressai_feds/plugin_hook.py is
-# installed as the top-level module compressai_plugin_hook.
-from compressai_plugin_hook import register_plugins  # noqa: E402
-
-register_plugins(complete=__name__)

@@ -5,6 +5,7 @@ import sys
 import textwrap
 from pathlib import Path
 
+import pytest
 from helpers import run_python
 
 
@@ -34,13 +35,22 @@ def test_compressai_zoo_sees_feds_models_without_importing_the_plugin():
     assert out.split() == ["FEDSStudent", "FEDSTeacher", "FEDSStudent", "True"]
 
 
-def test_importing_the_plugin_first_registers_too():
+@pytest.mark.parametrize(
+    "first_import",
+    [
+        "from compressai_feds import feds_student",
+        # a module that imports compressai.zoo while it is half made, and not the zoo module
+        "import compressai_feds.entropy_coding",
+    ],
+)
+def test_importing_the_plugin_first_registers_too(first_import):
     out = run_python(
         "-c",
-        "from compressai_feds import feds_student; import compressai.zoo as z;"
-        " print(z.image_models['feds-student'] is feds_student)",
+        f"{first_import}; import sys, compressai.zoo as z; listed = 'feds-student' in z.image_models;"
+        " hooks = [type(f).__name__ for f in sys.meta_path if type(f).__module__ == 'compressai_plugin_hook'];"
+        " from compressai_feds.zoo import feds_student as f; print(listed, hooks, z.image_models['feds-student'] is f)",
     )
-    assert out.split() == ["True"]
+    assert out.split() == ["True", "[]", "True"]
 
 
 def write_plugin(root, package: str, entry_points: str, source: str) -> None:
