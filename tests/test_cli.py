@@ -1,4 +1,6 @@
-"""The compressai-feds command line, run as a user runs it."""
+"""The compressai-feds command line: one round trip through the installed script as a user
+runs it, the failures in-process (``main(argv)``, the script's body) to spare an interpreter
+start-up each."""
 
 import os
 import struct
@@ -13,6 +15,7 @@ import torch
 from PIL import Image
 
 from compressai_feds import FEDSStudent
+from compressai_feds.cli import main
 from compressai_feds.codec import Codec, compress_image
 
 SCRIPT = str(Path(sys.executable).parent / "compressai-feds")
@@ -20,6 +23,21 @@ SCRIPT = str(Path(sys.executable).parent / "compressai-feds")
 
 def cli(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([SCRIPT, *map(str, args)], capture_output=True, text=True, timeout=300)
+
+
+@pytest.fixture
+def run(capsys):
+    """``compressai-feds ARGS`` in this process: exit status and output, as :func:`cli` gives."""
+
+    def run_main(*args: str) -> subprocess.CompletedProcess:
+        try:
+            status = main([str(a) for a in args])
+        except SystemExit as exit_:
+            status = exit_.code
+        out, err = capsys.readouterr()
+        return subprocess.CompletedProcess(args, status, out, err)
+
+    return run_main
 
 
 @pytest.fixture(scope="module")
@@ -68,10 +86,10 @@ def assert_clean_failures(result: subprocess.CompletedProcess, count: int, out_d
     assert not out_dir.exists() or not any(out_dir.iterdir()), list(out_dir.iterdir())
 
 
-def test_bad_files_fail_one_line_each_without_output(files):
+def test_bad_files_fail_one_line_each_without_output(files, run):
     root, checkpoint = files
     good = root / "good.feds"
-    assert cli("encode", root / "a.png", "-o", good, "--checkpoint", checkpoint).returncode == 0
+    assert run("encode", root / "a.png", "-o", good, "--checkpoint", checkpoint).returncode == 0
     data = good.read_bytes()
     bad = root / "bad"
     bad.mkdir()
@@ -93,16 +111,16 @@ def test_bad_files_fail_one_line_each_without_output(files):
     (bad / "folder.feds").mkdir()
     inputs = [*sorted(bad.glob("*.feds")), root / "missing.feds"]
     out_dir = root / "decoded-bad"
-    result = cli("decode", *inputs, "-o", out_dir, "--checkpoint", checkpoint)
+    result = run("decode", *inputs, "-o", out_dir, "--checkpoint", checkpoint)
     assert_clean_failures(result, len(inputs), out_dir)
 
 
-def test_bad_images_fail_one_line_each_without_output(files):
+def test_bad_images_fail_one_line_each_without_output(files, run):
     root, checkpoint = files
     (root / "text.png").write_text("not an image")
     (root / "folder.png").mkdir(exist_ok=True)
     out_dir = root / "encoded-bad"
-    result = cli(
+    result = run(
         "encode",
         root / "text.png",
         root / "folder.png",
@@ -116,48 +134,48 @@ def test_bad_images_fail_one_line_each_without_output(files):
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root reads files whatever their permissions")
-def test_unreadable_file_fails_cleanly(files, tmp_path):
+def test_unreadable_file_fails_cleanly(files, tmp_path, run):
     root, checkpoint = files
     locked = tmp_path / "locked.png"
     locked.write_bytes((root / "a.png").read_bytes())
     locked.chmod(0)
-    result = cli("encode", locked, "-o", tmp_path / "out", "--checkpoint", checkpoint)
+    result = run("encode", locked, "-o", tmp_path / "out", "--checkpoint", checkpoint)
     assert_clean_failures(result, 1, tmp_path / "out")
 
 
-def test_wrong_model_and_bad_checkpoint_are_named(files, tmp_path):
+def test_wrong_model_and_bad_checkpoint_are_named(files, tmp_path, run):
     root, checkpoint = files
     assert (
-        cli("encode", root / "a.png", "-o", tmp_path / "a.feds", "--checkpoint", checkpoint).returncode == 0
+        run("encode", root / "a.png", "-o", tmp_path / "a.feds", "--checkpoint", checkpoint).returncode == 0
     )
     torch.manual_seed(5)
     other = tmp_path / "other.pth.tar"
     torch.save({"state_dict": FEDSStudent(N=16, M=32, groups=(8, 24)).state_dict()}, other)
-    result = cli("decode", tmp_path / "a.feds", "-o", tmp_path / "a.png", "--checkpoint", other)
+    result = run("decode", tmp_path / "a.feds", "-o", tmp_path / "a.png", "--checkpoint", other)
     assert (
         result.returncode == 1
         and "coded by feds-student" in result.stderr
         and "Traceback" not in result.stderr
     )
     assert not (tmp_path / "a.png").exists()
-    no_checkpoint = cli("decode", tmp_path / "a.feds", "-o", tmp_path / "a.png")
+    no_checkpoint = run("decode", tmp_path / "a.feds", "-o", tmp_path / "a.png")
     assert no_checkpoint.returncode == 1 and "pass it with --checkpoint" in no_checkpoint.stderr
     # the zoo ships MSE models only: an MS-SSIM one is missing at every quality
-    zoo = cli("encode", root / "a.png", "-o", tmp_path / "z.feds", "-q", "2", "-m", "ms-ssim")
+    zoo = run("encode", root / "a.png", "-o", tmp_path / "z.feds", "-q", "2", "-m", "ms-ssim")
     assert zoo.returncode == 2 and "no pretrained feds-student checkpoint" in zoo.stderr
     (tmp_path / "junk.pth.tar").write_bytes(b"junk")
-    junk = cli("encode", root / "a.png", "-o", tmp_path / "j.feds", "--checkpoint", tmp_path / "junk.pth.tar")
+    junk = run("encode", root / "a.png", "-o", tmp_path / "j.feds", "--checkpoint", tmp_path / "junk.pth.tar")
     assert junk.returncode == 2 and "refusing checkpoint" in junk.stderr and "Traceback" not in junk.stderr
 
 
-def test_output_suffix_picks_the_format_and_png_refuses_cmyk(files, tmp_path):
+def test_output_suffix_picks_the_format_and_png_refuses_cmyk(files, tmp_path, run):
     root, checkpoint = files
     Image.open(root / "a.png").convert("CMYK").save(tmp_path / "c.jpg")
     assert (
-        cli("encode", tmp_path / "c.jpg", "-o", tmp_path / "c.feds", "--checkpoint", checkpoint).returncode
+        run("encode", tmp_path / "c.jpg", "-o", tmp_path / "c.feds", "--checkpoint", checkpoint).returncode
         == 0
     )
-    png = cli("decode", tmp_path / "c.feds", "-o", tmp_path / "c.png", "--checkpoint", checkpoint)
+    png = run("decode", tmp_path / "c.feds", "-o", tmp_path / "c.png", "--checkpoint", checkpoint)
     assert png.returncode == 1 and "decode to a .tiff" in png.stderr and not (tmp_path / "c.png").exists()
-    tiff = cli("decode", tmp_path / "c.feds", "-o", tmp_path / "c.tiff", "--checkpoint", checkpoint)
+    tiff = run("decode", tmp_path / "c.feds", "-o", tmp_path / "c.tiff", "--checkpoint", checkpoint)
     assert tiff.returncode == 0 and Image.open(tmp_path / "c.tiff").mode == "CMYK"
