@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -29,6 +30,17 @@ def run_python(*args: str, env: dict[str, str] | None = None, cwd: Path | None =
     )
     assert result.returncode == 0, f"python {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}"
     return result.stdout
+
+
+def run_main(main: Callable[[list[str]], int], *args: object, capsys) -> subprocess.CompletedProcess:
+    """A command's ``main(argv)`` in this process (no interpreter start-up): its exit
+    status and output, as ``subprocess.run`` gives them."""
+    try:
+        status = main([str(a) for a in args])
+    except SystemExit as exit_:
+        status = exit_.code
+    out, err = capsys.readouterr()
+    return subprocess.CompletedProcess(args, status, out, err)
 
 
 def sample_crops(folder: Path, size: int = 64, count: int = 2) -> Path:

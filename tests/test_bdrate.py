@@ -1,12 +1,11 @@
 """BD-rate and BD-PSNR: a hand-checked case, an independent implementation, bad inputs."""
 
 import json
-import subprocess
-import sys
 
 import bjontegaard
 import numpy as np
 import pytest
+from helpers import run_main
 
 from compressai_feds.bdrate import Curve, bd_psnr, bd_rate, load_curve, main
 
@@ -63,21 +62,14 @@ def test_bad_curves_are_refused(bpp, psnr, message):
         Curve.from_points("bad", bpp, psnr)
 
 
-def run_cli(*args):
-    return subprocess.run(
-        [sys.executable, "-m", "compressai_feds.cli", "bd-rate", *map(str, args)],
-        capture_output=True,
-        text=True,
-    )
-
-
-def test_command_prints_a_table(tmp_path):
+def test_command_prints_a_table(tmp_path, capsys):
     anchor = results_file(tmp_path / "a.json", "anchor", RATES, PSNRS)
     test = results_file(tmp_path / "t.json", "cheaper", [r * 0.8 for r in RATES], PSNRS)
-    result = run_cli(anchor, test, anchor)
+    result = run_main(main, anchor, test, anchor, capsys=capsys)
     assert result.returncode == 0, result.stderr
-    assert run_cli(anchor, tmp_path / "missing.json").returncode == 1
     assert result.stderr == ""
+    missing = run_main(main, anchor, tmp_path / "missing.json", capsys=capsys)
+    assert missing.returncode == 1 and missing.stderr.startswith("error: ")
     lines = result.stdout.splitlines()
     assert lines[0] == "anchor: anchor (psnr-rgb)"
     assert lines[2].split()[:2] == ["cheaper", "-20.00%"] and lines[3].split()[:2] == ["anchor", "+0.00%"]

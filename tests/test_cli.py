@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import run_main
 from PIL import Image
 
 from compressai_feds import FEDSStudent
@@ -28,16 +29,7 @@ def cli(*args: str) -> subprocess.CompletedProcess:
 @pytest.fixture
 def run(capsys):
     """``compressai-feds ARGS`` in this process: exit status and output, as :func:`cli` gives."""
-
-    def run_main(*args: str) -> subprocess.CompletedProcess:
-        try:
-            status = main([str(a) for a in args])
-        except SystemExit as exit_:
-            status = exit_.code
-        out, err = capsys.readouterr()
-        return subprocess.CompletedProcess(args, status, out, err)
-
-    return run_main
+    return lambda *args: run_main(main, *args, capsys=capsys)
 
 
 @pytest.fixture(scope="module")

@@ -10,11 +10,12 @@ from dataclasses import replace
 
 import pytest
 import torch
-from helpers import run_python, sample_crops
+from helpers import run_main, run_python, sample_crops
 
 from compressai_feds import FEDSTeacher
 from compressai_feds.checkpoint_io import load_codec
 from compressai_feds.config import Stage, TrainingConfig
+from compressai_feds.train import main as train_main
 from compressai_feds.trainer import DistillationTrainer
 
 TINY_STUDENT = {"N": 16, "M": 32, "groups": [8, 24], "num_res_blocks": 1}
@@ -192,27 +193,14 @@ def test_sigterm_checkpoints_and_exits(data, tmp_path):
     assert 2 <= checkpoint["step"] < 200
 
 
-def test_cli_reports_bad_arguments_without_traceback(tmp_path):
-    result = subprocess.run(
-        [sys.executable, "-m", "compressai_feds.train", "--out", str(tmp_path)],
-        capture_output=True,
-        text=True,
-    )
-    assert (
-        result.returncode == 2 and "--data is required" in result.stderr and "Traceback" not in result.stderr
-    )
-    result = subprocess.run(
-        [sys.executable, "-m", "compressai_feds.train", "--resume", "--out", str(tmp_path / "none")],
-        capture_output=True,
-        text=True,
-    )
+def test_cli_reports_bad_arguments_without_traceback(tmp_path, capsys):
+    result = run_main(train_main, "--out", tmp_path, capsys=capsys)
+    assert result.returncode == 2 and "--data is required" in result.stderr
+    result = run_main(train_main, "--resume", "--out", tmp_path / "none", capsys=capsys)
     assert result.returncode == 2 and "nothing to resume" in result.stderr
-    result = subprocess.run(
-        [sys.executable, "-m", "compressai_feds.train", "--out", str(tmp_path), "--data", str(tmp_path),
-         "--restart-warmup", "-1"],
-        capture_output=True,
-        text=True,
-    )  # fmt: skip
+    result = run_main(
+        train_main, "--out", tmp_path, "--data", tmp_path, "--restart-warmup", "-1", capsys=capsys
+    )
     assert result.returncode == 2 and result.stderr.strip() == "error: restart_warmup must be >= 0, got -1"
 
 

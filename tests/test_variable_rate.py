@@ -2,14 +2,11 @@
 quality in the file, rate control, and variable-rate training."""
 
 import json
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from helpers import SAMPLES
+from helpers import SAMPLES, run_main
 from PIL import Image
 from test_exact import (
     assert_same_latent,
@@ -22,13 +19,12 @@ from torchvision.transforms.functional import to_tensor
 
 from compressai_feds import FEDSStudent, FEDSTeacher, feds_student
 from compressai_feds.checkpoint_io import load_codec
+from compressai_feds.cli import main as cli_main
 from compressai_feds.codec import Codec, CodecError, compress_image, compress_to_target, decompress_image
 from compressai_feds.container import ContainerError, unpack
 from compressai_feds.gain_units import GainUnits
 from compressai_feds.quality import QUALITY_GRID, lambda_at, snap_quality
 from compressai_feds.zoo import checkpoint_dir
-
-SCRIPT = str(Path(sys.executable).parent / "compressai-feds")
 
 
 @pytest.fixture(scope="module")
@@ -203,33 +199,25 @@ def test_target_bpp_is_met_by_the_highest_quality_under_it(codec_net, tmp_path):
         compress_to_target(codec, image)
 
 
-def test_cli_encodes_to_a_target_rate_and_refuses_it_for_a_fixed_rate_model(codec_net, tmp_path):
+def test_cli_encodes_to_a_target_rate_and_refuses_it_for_a_fixed_rate_model(codec_net, tmp_path, capsys):
     path = tmp_path / "vr.pth.tar"
     torch.save({"state_dict": codec_net.state_dict(), "architecture": "feds-student"}, path)
     source = tmp_path / "a.png"
     Image.open(sorted(SAMPLES.glob("*.png"))[0]).crop((0, 0, 256, 192)).save(source)
-    run = subprocess.run(
-        [SCRIPT, "encode", source, "--checkpoint", path, "--target-bpp", "0.5", "-o", tmp_path / "a.feds"],
-        capture_output=True,
-        text=True,
-        timeout=300,
+    encoded = tmp_path / "a.feds"
+    run = run_main(
+        cli_main, "encode", source, "--checkpoint", path, "--target-bpp", "0.5", "-o", encoded, capsys=capsys
     )
     assert run.returncode == 0, run.stderr
     assert "quality" in run.stdout and "meets 0.5 bpp" in run.stdout
-    decoded = subprocess.run(
-        [SCRIPT, "decode", tmp_path / "a.feds", "--checkpoint", path, "-o", tmp_path / "a.png.out.png"],
-        capture_output=True,
-        text=True,
-        timeout=300,
+    decoded = run_main(
+        cli_main, "decode", encoded, "--checkpoint", path, "-o", tmp_path / "a.out.png", capsys=capsys
     )
     assert decoded.returncode == 0, decoded.stderr
     fixed = tmp_path / "fixed.pth.tar"
     torch.save({"state_dict": FEDSStudent(N=16, M=32, groups=(8, 24)).state_dict()}, fixed)
-    refused = subprocess.run(
-        [SCRIPT, "encode", source, "--checkpoint", fixed, "--target-bpp", "0.5"],
-        capture_output=True,
-        text=True,
-        timeout=300,
+    refused = run_main(
+        cli_main, "encode", source, "--checkpoint", fixed, "--target-bpp", "0.5", capsys=capsys
     )
     assert refused.returncode == 2 and "variable-rate" in refused.stderr
     assert len(refused.stderr.strip().splitlines()) == 1
