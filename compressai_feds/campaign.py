@@ -7,7 +7,10 @@ A recipe (JSON, kept beside the zoo) lists jobs: the model and quality to train,
 its stages, and which job it needs (``teacher``: the job it distils from;
 ``init``: the job whose weights it starts from). Jobs whose needs are finished
 run side by side, each in its own ``compressai-feds train`` process with its
-own CPU threads, as long as the recipe's ``threads`` allow.
+own CPU threads, as long as the recipe's ``threads`` allow. With ``widen_minutes``
+set, no thread idles while a job runs: a job left running alone, with threads no
+waiting job can use, takes them, at its start, or by a restart (an exact resume
+from its checkpoint) while it has at least that many minutes left at its logged speed.
 
 Nothing is lost when the campaign is stopped:
 
@@ -121,6 +124,7 @@ class Recipe:
     threads: int = 2
     export_minutes: float = 30.0
     storage: str = "fp32"
+    widen_minutes: float | None = None
     settings: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
@@ -153,6 +157,8 @@ class Recipe:
     def check(self) -> None:
         if self.storage not in ("fp32", "fp16"):
             raise ValueError(f'storage must be "fp32" or "fp16", got {self.storage!r}')
+        if self.widen_minutes is not None and self.widen_minutes < 0:
+            raise ValueError(f"widen_minutes must be >= 0 (or absent: never), got {self.widen_minutes}")
         names = [job.name for job in self.jobs]
         if len(set(names)) != len(names):
             raise ValueError(f"job names must be unique: {names}")
@@ -178,10 +184,12 @@ class Recipe:
 @dataclass
 class _Running:
     job: Job
+    threads: int
     process: subprocess.Popen
     started: float
     last_export: float
     log: Any
+    widen_to: int | None = None  # stopped to restart with this many threads
 
 
 class Campaign:
@@ -286,7 +294,7 @@ class Campaign:
             raise FileNotFoundError(f"job {job.name} has no exported weights in {self.zoo}")
         return path.resolve()
 
-    def _start(self, job: Job, data: Path, val: Path) -> _Running:
+    def _start(self, job: Job, data: Path, val: Path, threads: int) -> _Running:
         run_dir = self.run_dir(job)
         run_dir.mkdir(parents=True, exist_ok=True)
         config = self.training_config(job, data, val)
@@ -309,8 +317,8 @@ class Campaign:
         args += ["--config", str(config_path)]
         env = {
             **os.environ,
-            "OMP_NUM_THREADS": str(job.threads),
-            "MKL_NUM_THREADS": str(job.threads),
+            "OMP_NUM_THREADS": str(threads),
+            "MKL_NUM_THREADS": str(threads),
         }
         log = (run_dir / "train.log").open("a")
         process = subprocess.Popen(
@@ -320,10 +328,10 @@ class Campaign:
             env=env,
             start_new_session=True,  # a Ctrl-C reaches the campaign only; it stops the jobs itself
         )
-        self._write_state(job, status="running", threads=job.threads)
-        self._say(f"{job.name} {how} ({job.threads} thread{'s' * (job.threads > 1)}, pid {process.pid})")
+        self._write_state(job, status="running", threads=threads)
+        self._say(f"{job.name} {how} ({threads} thread{'s' * (threads > 1)}, pid {process.pid})")
         now = time.monotonic()
-        return _Running(job, process, now, now, log)
+        return _Running(job, threads, process, now, now, log)
 
     def export(self, job: Job, status: str, elapsed: float) -> None:
         """Exports the job's latest weights (their moving average, where the job keeps one
@@ -380,7 +388,6 @@ class Campaign:
             status=status,
             step=step,
             wall_seconds=round(wall, 1),
-            threads=job.threads,
             export=str(exported.relative_to(self.zoo)),
             last_val=validations[-1] if validations else None,
             best_val=best,
@@ -414,11 +421,20 @@ class Campaign:
         try:
             data, val = self.prepare_data()
             while not self._stop:
-                free = self.recipe.threads - sum(r.job.threads for r in running.values())
+                free = self.recipe.threads - sum(r.threads for r in running.values())
+                starting, waiting = [], []
                 for job in self._ready(running):
                     if job.threads <= free:
-                        running[job.name] = self._start(job, data, val)
+                        starting.append(job)
                         free -= job.threads
+                    else:
+                        waiting.append(job)
+                spare = free if self.recipe.widen_minutes is not None and not waiting else 0
+                for k, job in enumerate(starting):  # threads no waiting job can use go to the first
+                    threads = job.threads + (spare if k == 0 else 0)
+                    running[job.name] = self._start(job, data, val, threads)
+                if spare and running and not starting:
+                    self._widen(running, spare)
                 if not running:
                     break
                 time.sleep(poll_seconds)
@@ -434,6 +450,9 @@ class Campaign:
                     del running[name]
                     if code == 0:
                         self.export(run.job, "finished", now - run.started)
+                    elif code in STOPPED_CODES and run.widen_to and not self._stop:
+                        self.export(run.job, "running", now - run.started)
+                        running[name] = self._start(run.job, data, val, run.widen_to)
                     elif code in STOPPED_CODES:  # stopped from outside
                         self._stopped.add(name)
                         self.export(run.job, "stopped", now - run.started)
@@ -450,6 +469,39 @@ class Campaign:
         remaining = [job.name for job in self.recipe.jobs if not self.finished(job)]
         self._say("all jobs finished" if not remaining else f"unfinished: {', '.join(remaining)}")
         return 1 if self._failed else 0
+
+    def _widen(self, running: dict[str, _Running], spare: int) -> None:
+        """Stops the running job with the most minutes left, if it has at least the
+        recipe's ``widen_minutes`` left, to restart it with ``spare`` more threads."""
+        if any(run.widen_to for run in running.values()):
+            return  # one restart at a time
+        left = {name: self._minutes_left(run) for name, run in running.items()}
+        name = max(left, key=left.get)
+        if left[name] >= self.recipe.widen_minutes:
+            run = running[name]
+            run.widen_to = run.threads + spare
+            self._say(
+                f"{name} restarts with {run.widen_to} threads: no other job can use them before it ends"
+            )
+            run.process.send_signal(signal.SIGTERM)
+
+    def _minutes_left(self, run: _Running) -> float:
+        """Minutes the job still needs at the speed of its latest log line (0 before it has one)."""
+        metrics = self.run_dir(run.job) / "metrics.jsonl"
+        if not metrics.is_file():
+            return 0.0
+        with metrics.open("rb") as file:
+            offset = max(0, metrics.stat().st_size - 4096)
+            file.seek(offset)
+            lines = file.read().decode(errors="replace").splitlines()[1 if offset else 0 :]
+        for line in reversed(lines):
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if record.get("it_per_s"):
+                return (run.job.total_steps - record["step"]) / record["it_per_s"] / 60
+        return 0.0
 
     def _stop_all(self, running: dict[str, _Running]) -> None:
         """Stops the jobs still running (each checkpoints at its next step) and exports them."""

@@ -191,6 +191,39 @@ def test_a_stop_while_the_jobs_still_start_is_a_stop_not_a_failure(campaign_dir)
     assert {state(campaign_dir, job)["status"] for job in ("teacher", "baseline")} == {"stopped"}
 
 
+def read_until(process: subprocess.Popen, text: str) -> list[str]:
+    """The campaign's output lines up to the first that contains ``text``."""
+    lines = []
+    while not lines or text not in lines[-1]:
+        lines.append(process.stdout.readline())
+        assert lines[-1], f"the campaign ended before saying {text!r}: {lines}"
+    return lines
+
+
+def test_a_job_left_alone_takes_the_idle_thread(campaign_dir):
+    recipe = tiny_recipe(campaign_dir / "images", teacher_steps=1000)  # stopped long before its end
+    recipe["widen_minutes"] = 0
+    recipe["jobs"] = recipe["jobs"][:2]  # the teacher and the no-teacher student, 1 thread each
+    (campaign_dir / "zoo" / "recipe.json").write_text(json.dumps(recipe))
+    process = subprocess.Popen(
+        campaign(campaign_dir), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    # the student finishes first; then nothing can use its thread: the teacher restarts with it
+    lines = read_until(process, "teacher resumes from its run folder (2 threads")
+    assert "baseline: exported step 4 of 4 (finished)" in "".join(lines)
+    assert "teacher restarts with 2 threads" in lines[-3] and "teacher: exported step" in lines[-2]
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=300) == 0
+    assert state(campaign_dir, "teacher")["threads"] == 2
+    # started again alone, it takes both threads at once
+    process = subprocess.Popen(
+        campaign(campaign_dir), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    assert "teacher resumes from its run folder (2 threads" in process.stdout.readline()
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=300) == 0 and state(campaign_dir, "teacher")["status"] == "stopped"
+
+
 def test_validation_curves_are_drawn_a_panel_per_quality(campaign_dir):
     recipe = Recipe.load(campaign_dir / "zoo" / "recipe.json")
     logs, output = campaign_dir / "zoo" / "training", campaign_dir / "validation.png"
