@@ -139,10 +139,11 @@ class _RegisterAfterZooImport:
 
 
 class _RegisterOnPackageCompletion:
-    """``sys.meta_path`` finder for one plugin package: each time one of its
-    modules finishes importing with no other module of the package half made,
-    registers the plugins if ``compressai.zoo`` is loaded by then, once. The hook at ``compressai.zoo``'s
-    import leaves a package that is mid-import for later; this is the later."""
+    """``sys.meta_path`` finder for one plugin package: the first time one of
+    its modules finishes importing with no other module of the package half made
+    and ``compressai.zoo`` loaded, registers the plugins and retires. The hook at
+    ``compressai.zoo``'s import leaves a package that is mid-import for later;
+    this is the later."""
 
     def __init__(self, package: str) -> None:
         self.package = package
