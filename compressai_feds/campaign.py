@@ -40,6 +40,7 @@ import os
 import re
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import time
@@ -475,7 +476,7 @@ class Campaign:
         recipe's ``widen_minutes`` left, to restart it with ``spare`` more threads."""
         if any(run.widen_to for run in running.values()):
             return  # one restart at a time
-        left = {name: self._minutes_left(run) for name, run in running.items()}
+        left = {name: self.minutes_left(run.job) for name, run in running.items()}
         name = max(left, key=left.get)
         if left[name] >= self.recipe.widen_minutes:
             run = running[name]
@@ -485,23 +486,27 @@ class Campaign:
             )
             run.process.send_signal(signal.SIGTERM)
 
-    def _minutes_left(self, run: _Running) -> float:
-        """Minutes the job still needs at the speed of its latest log line (0 before it has one)."""
-        metrics = self.run_dir(run.job) / "metrics.jsonl"
+    def minutes_left(self, job: Job) -> float:
+        """Minutes the job still needs at the median speed of its run's last log lines
+        (those in the last 8 KiB of ``metrics.jsonl``; 0 before it has one)."""
+        metrics = self.run_dir(job) / "metrics.jsonl"
         if not metrics.is_file():
             return 0.0
         with metrics.open("rb") as file:
-            offset = max(0, metrics.stat().st_size - 4096)
+            offset = max(0, metrics.stat().st_size - 8192)
             file.seek(offset)
             lines = file.read().decode(errors="replace").splitlines()[1 if offset else 0 :]
-        for line in reversed(lines):
+        records = []
+        for line in lines:
             try:
-                record = json.loads(line)
+                records.append(json.loads(line))
             except json.JSONDecodeError:
                 continue
-            if record.get("it_per_s"):
-                return (run.job.total_steps - record["step"]) / record["it_per_s"] / 60
-        return 0.0
+        logged = [r for r in records if r.get("it_per_s")]
+        if not logged:
+            return 0.0
+        speed = statistics.median(r["it_per_s"] for r in logged)
+        return max(0, job.total_steps - logged[-1]["step"]) / speed / 60
 
     def _stop_all(self, running: dict[str, _Running]) -> None:
         """Stops the jobs still running (each checkpoints at its next step) and exports them."""
@@ -514,10 +519,14 @@ class Campaign:
         running.clear()
 
 
-def status_line(job: Job, state: dict[str, Any]) -> str:
-    """One line of ``--status``: progress, wall time and the latest validation."""
+def status_line(job: Job, state: dict[str, Any], minutes_left: float = 0) -> str:
+    """One line of ``--status``: progress, wall time, the time left at the run's
+    latest logged speed and the latest validation."""
     hours = state.get("wall_seconds", 0) / 3600
     line = f"{job.name:24} {state['status']:9} {state['step']:>7}/{job.total_steps} steps  {hours:5.2f} h"
+    if minutes_left and state["status"] != "finished":
+        threads = state.get("threads", job.threads)
+        line += f" (~{minutes_left / 60:.1f} h left on {threads} thread{'s' * (threads > 1)})"
     if state.get("last_val"):
         last = state["last_val"]
         line += f"  val RD loss {last['val']['rd_loss']:.4f} at step {last['step']}"
@@ -561,7 +570,7 @@ def main(argv: list[str] | None = None) -> int:
                 raise ValueError(f"jobs {too_wide} want more than the {args.threads} threads given")
         if args.status:
             for job in recipe.jobs:
-                print(status_line(job, campaign.state(job)))
+                print(status_line(job, campaign.state(job), campaign.minutes_left(job)))
             return 0
         return campaign.run()
     except (ValueError, FileNotFoundError, json.JSONDecodeError, TypeError) as exc:

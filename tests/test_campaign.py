@@ -13,7 +13,7 @@ import pytest
 import torch
 from helpers import run_main, run_python, sample_crops
 
-from compressai_feds.campaign import Recipe, split_validation
+from compressai_feds.campaign import Campaign, Recipe, split_validation, status_line
 from compressai_feds.campaign import main as campaign_main
 from compressai_feds.checkpoint_io import read_checkpoint
 from compressai_feds.plots import plot_validation
@@ -163,6 +163,24 @@ def test_fewer_threads_than_a_finished_job_used_are_allowed(campaign_dir, capsys
     (done / "state.json").write_text(json.dumps({"status": "finished", "step": TEACHER_STEPS}))
     allowed = run_main(campaign_main, *args, capsys=capsys)
     assert allowed.returncode == 0 and "finished" in allowed.stdout, allowed.stderr
+
+
+def test_time_left_is_read_at_the_median_logged_speed(campaign_dir):
+    recipe = Recipe.load(campaign_dir / "zoo" / "recipe.json")
+    campaign = Campaign(recipe, campaign_dir / "runs", campaign_dir / "zoo", progress=False)
+    teacher = campaign.jobs["teacher"]
+    assert campaign.minutes_left(teacher) == 0  # no run yet
+    records = [{"step": 10, "it_per_s": 0.1}, {"step": 20, "it_per_s": 0.01}, {"step": 25, "it_per_s": 0.1}]
+    records.append({"step": 25, "val": {"rd_loss": 1.0}})
+    run = campaign.run_dir(teacher)
+    run.mkdir(parents=True)
+    # the last line is still being written
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records) + '{"step": 30, "it')
+    assert campaign.minutes_left(teacher) == pytest.approx((TEACHER_STEPS - 25) / 0.1 / 60)
+    line = status_line(
+        teacher, {"status": "running", "step": 25, "threads": 2}, campaign.minutes_left(teacher)
+    )
+    assert f" 25/{TEACHER_STEPS} steps" in line and "(~0.0 h left on 2 threads)" in line
 
 
 def stop_when_checkpointed(process: subprocess.Popen, checkpoint: Path, step: int) -> None:
