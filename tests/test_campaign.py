@@ -257,7 +257,7 @@ def test_validation_curves_are_drawn_a_panel_per_quality(campaign_dir):
     assert output.read_bytes().startswith(b"\x89PNG")
 
 
-def test_campaign_stops_resumes_and_exports(campaign_dir, monkeypatch):
+def test_campaign_stops_resumes_and_exports(campaign_dir, monkeypatch, capsys):
     root = campaign_dir
     process = subprocess.Popen(campaign(root), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     stop_when_checkpointed(process, root / "runs" / "teacher" / "checkpoint.pth.tar", 2)
@@ -280,7 +280,7 @@ def test_campaign_stops_resumes_and_exports(campaign_dir, monkeypatch):
     assert "all jobs finished" in out
     for job, steps in (("teacher", TEACHER_STEPS), ("baseline", 4), ("student", 4), ("student-q4", 2)):
         assert state(root, job)["status"] == "finished" and state(root, job)["step"] == steps
-    status = run_python(*campaign(root)[1:], "--status").splitlines()
+    status = run_main(campaign_main, *campaign(root)[3:], "--status", capsys=capsys).stdout.splitlines()
     assert len(status) == 4 and all(" finished " in line for line in status)
     teacher_val = state(root, "teacher")["last_val"]
     assert status[0].split() == [
@@ -319,7 +319,7 @@ def test_campaign_stops_resumes_and_exports(campaign_dir, monkeypatch):
         student.synthesize(encoded["y_hat"], encoded["shape"]),
     )
     # nothing left to do: a new start exits at once
-    assert "all jobs finished" in run_python(*campaign(root)[1:])
+    assert "all jobs finished" in run_main(campaign_main, *campaign(root)[3:], capsys=capsys).stdout
 
 
 def test_a_variable_rate_job_starts_from_fixed_rate_weights_and_exports_outside_the_zoo(campaign_dir):
