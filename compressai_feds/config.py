@@ -31,6 +31,10 @@ class Stage:
             ``TrainingConfig.lr_schedule`` for how it decays).
         feature_weight: Weight of the feature alignment loss.
         channel_weight: Weight of the entropy-weighted channel loss.
+        balance_qualities: Variable-rate training only: each image's RD loss is
+            divided by the running mean of its quality's, so that every quality
+            weighs the same in the gradient (as in the geometric mean validation
+            ranks by), instead of in proportion to its RD loss (q6's ~5x q1's).
     """
 
     name: str
@@ -38,6 +42,7 @@ class Stage:
     lr: float
     feature_weight: float
     channel_weight: float
+    balance_qualities: bool = False
 
 
 def default_stages() -> list[Stage]:
@@ -146,6 +151,8 @@ class TrainingConfig:
             raise ValueError("variable-rate training (qualities) is for the mse metric only")
         if self.val_qualities and not self.qualities:
             raise ValueError("val_qualities needs variable-rate training (qualities)")
+        if any(stage.balance_qualities for stage in self.stages) and not self.qualities:
+            raise ValueError("balance_qualities needs variable-rate training (qualities)")
         self.val_qualities = self.val_qualities or list(self.qualities)
         if self.lr_schedule not in LR_SCHEDULES:
             raise ValueError(f"lr_schedule must be one of {LR_SCHEDULES}, got {self.lr_schedule!r}")

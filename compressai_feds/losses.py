@@ -169,14 +169,16 @@ class EntropyWeightedChannelLoss(nn.Module):
 
 class PerImageRateDistortionLoss(nn.Module):
     """CompressAI's :class:`~compressai.losses.RateDistortionLoss` (MSE) with one λ per
-    image: ``mean_i(λ_i · 255² · MSE_i) + bpp``, the objective of a variable-rate codec
-    trained on all its levels at once (Cui et al., CVPR 2021, Eq. 8)."""
+    image: ``mean_i(λ_i · 255² · MSE_i + bpp_i)``, the objective of a variable-rate codec
+    trained on all its levels at once (Cui et al., CVPR 2021, Eq. 8); ``rd_per_image``
+    holds each image's term."""
 
     def forward(self, output: Mapping, target: Tensor, lmbda: Tensor) -> dict[str, Tensor]:
-        num_pixels = target.size(0) * target.size(2) * target.size(3)
+        pixels_per_image = target.size(2) * target.size(3)
         bpp = sum(
-            likelihoods.log().sum() / (-math.log(2) * num_pixels)
+            likelihoods.log().flatten(1).sum(dim=1) / (-math.log(2) * pixels_per_image)
             for likelihoods in output["likelihoods"].values()
         )
         mse = (output["x_hat"] - target).pow(2).mean(dim=(1, 2, 3))
-        return {"bpp_loss": bpp, "mse_loss": mse.mean(), "loss": (lmbda * 255**2 * mse).mean() + bpp}
+        rd = lmbda * 255**2 * mse + bpp
+        return {"bpp_loss": bpp.mean(), "mse_loss": mse.mean(), "loss": rd.mean(), "rd_per_image": rd}

@@ -122,6 +122,10 @@ class DistillationObjective(nn.Module):
         self.register_buffer(
             "lambdas", torch.tensor([0.0, *LAMBDAS["mse"].values()]), persistent=False
         )  # indexed by quality
+        if config.qualities:
+            # running mean of each quality's RD loss (indexed by quality; 0: not seen yet), for the
+            # stages that balance qualities (Stage.balance_qualities); checkpointed with the adapters
+            self.register_buffer("quality_rd", torch.zeros_like(self.lambdas))
         self.feature_loss: FeatureAlignmentLoss | None = None
         self.channel_loss: EntropyWeightedChannelLoss | None = None
         if teacher is not None:
@@ -146,10 +150,12 @@ class DistillationObjective(nn.Module):
         channel_weight: float = 0.0,
         adapters_only: bool = False,
         quality: Tensor | None = None,
+        balance_qualities: bool = False,
     ) -> dict[str, Tensor]:
         """``adapters_only``: the distillation terms see the student's features
         detached, so that they train their adapters and leave the student alone.
-        ``quality``: the integer level of each image (variable-rate training)."""
+        ``quality``: the integer level of each image (variable-rate training);
+        ``balance_qualities``: see :class:`~.config.Stage`."""
         distill = teacher_out is not None and (feature_weight > 0 or channel_weight > 0)
         rate_args = {} if quality is None else {"quality": quality}
         out = self.student(x, return_features=True, **rate_args) if distill else self.student(x, **rate_args)
@@ -161,6 +167,12 @@ class DistillationObjective(nn.Module):
             losses = self.rate_distortion(reconstruction, x.float())
         else:
             losses = self.per_image_rate_distortion(reconstruction, x.float(), self.lambdas[quality])
+            rd = losses.pop("rd_per_image")
+            if self.training:
+                self._track_quality_rd(rd.detach(), quality)
+            if balance_qualities:  # each image's term over its quality's mean, in the batch's units
+                scale = self.quality_rd[quality]
+                losses["loss"] = (rd / scale).mean() * scale.mean()
         num_pixels = x.size(0) * x.size(2) * x.size(3)
         for name, likelihoods in out["likelihoods"].items():  # logged: a latent carrying 0 bits is dead
             losses[f"bpp_{name}"] = likelihoods.detach().log2().sum().neg() / num_pixels
@@ -179,6 +191,18 @@ class DistillationObjective(nn.Module):
         losses["loss"] = total
         losses["aux_loss"] = self.student.aux_loss()
         return losses
+
+    def _track_quality_rd(self, rd: Tensor, quality: Tensor, decay: float = 0.99) -> None:
+        """Folds the batch's mean RD loss of each quality into ``quality_rd``."""
+        if not torch.isfinite(rd).all():
+            return
+        sums = torch.zeros_like(self.quality_rd).index_add_(0, quality, rd.float())
+        counts = torch.zeros_like(self.quality_rd).index_add_(
+            0, quality, torch.ones_like(rd, dtype=torch.float)
+        )
+        seen = counts > 0
+        means, previous = sums[seen] / counts[seen], self.quality_rd[seen]
+        self.quality_rd[seen] = torch.where(previous > 0, decay * previous + (1 - decay) * means, means)
 
     def adapters_state_dict(self) -> dict[str, Tensor]:
         return {k: v for k, v in self.state_dict().items() if not k.startswith("student.")}
@@ -439,6 +463,7 @@ class DistillationTrainer:
                 stage.channel_weight,
                 adapters_only,
                 **rate_args,
+                **({"balance_qualities": True} if stage.balance_qualities else {}),
             )
         if not self._finite(losses["loss"]):
             return self._skip(stage.name, f"loss {losses['loss'].item()}")

@@ -95,3 +95,21 @@ def test_feature_loss_does_not_depend_on_feature_scale():
     assert loss({"a": 10 * student}, {"a": 10 * teacher}).item() == pytest.approx(
         loss({"a": student}, {"a": teacher}).item(), rel=1e-4
     )
+
+
+def test_per_image_rate_distortion_loss_is_compressai_s_at_one_lambda():
+    from compressai.losses import RateDistortionLoss
+
+    from compressai_feds.losses import PerImageRateDistortionLoss
+
+    torch.manual_seed(0)
+    target = torch.rand(3, 3, 16, 24)
+    output = {
+        "x_hat": target + 0.05 * torch.randn_like(target),
+        "likelihoods": {"y": torch.rand(3, 8, 4, 6) * 0.9 + 0.05, "z": torch.rand(3, 4, 1, 2) * 0.9 + 0.05},
+    }
+    ours = PerImageRateDistortionLoss()(output, target, torch.full((3,), 0.0130))
+    theirs = RateDistortionLoss(lmbda=0.0130)(output, target)
+    for key in ("loss", "bpp_loss", "mse_loss"):
+        assert torch.allclose(ours[key], theirs[key]), key
+    assert ours["rd_per_image"].shape == (3,) and torch.allclose(ours["rd_per_image"].mean(), ours["loss"])

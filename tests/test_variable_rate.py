@@ -244,7 +244,9 @@ def test_variable_rate_training_distils_validates_per_quality_and_resumes_its_av
     }
     student_args = {**TINY_STUDENT, "variable_rate": True, "auxiliary_transform": True}
     vr = {"student_args": student_args, "qualities": [1, 6], "ema_decay": 0.9}
-    trainer = DistillationTrainer(tiny_config(data, **vr), tmp_path / "run", progress=False)
+    stages = tiny_config(data).stages
+    stages[-1] = replace(stages[-1], balance_qualities=True)
+    trainer = DistillationTrainer(tiny_config(data, **vr, stages=stages), tmp_path / "run", progress=False)
     trainer.train()
     records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     logged = [r for r in records if "stage" in r]
@@ -255,6 +257,8 @@ def test_variable_rate_training_distils_validates_per_quality_and_resumes_its_av
     assert validation["val"]["q6"]["bpp"] > validation["val"]["q1"]["bpp"]
     checkpoint = torch.load(tmp_path / "run" / "checkpoint.pth.tar", weights_only=True)
     assert "ema" in checkpoint
+    quality_rd = checkpoint["adapters"]["quality_rd"]  # the running means the balanced stage used
+    assert quality_rd[6] > quality_rd[1] > 0 and quality_rd[[0, 2, 3, 4, 5]].eq(0).all()
     resumed = DistillationTrainer(replace(trainer.config), tmp_path / "run", resume=True)
     for a, b in zip(resumed.ema.parameters(), trainer.ema.parameters(), strict=True):
         assert torch.equal(a, b)
@@ -264,6 +268,31 @@ def test_variable_rate_training_distils_validates_per_quality_and_resumes_its_av
         DistillationTrainer(tiny_config({**data, "teacher": tmp_path / "f.pth.tar"}, **vr), tmp_path / "x")
     with pytest.raises(ValueError, match='"variable_rate": true'):
         DistillationTrainer(tiny_config(data, teacher=None, qualities=[1, 6]), tmp_path / "y")
+
+
+def test_balanced_qualities_divide_each_image_by_its_quality_s_running_mean():
+    from test_trainer import TINY_STUDENT
+
+    from compressai_feds.config import Stage, TrainingConfig
+    from compressai_feds.trainer import DistillationObjective
+
+    student = FEDSStudent(**{**TINY_STUDENT, "variable_rate": True})
+    objective = DistillationObjective(student, TrainingConfig(qualities=[1, 6]), None).train()
+    x, quality = torch.rand(2, 3, 64, 64), torch.tensor([1, 6])
+    torch.manual_seed(1)
+    plain = objective(x, quality=quality)
+    # first seen, each quality's running mean is its image's RD loss
+    rd = objective.quality_rd[quality].clone()
+    assert plain["loss"].item() == pytest.approx(rd.mean().item()) and rd[1] > 3 * rd[0] > 0
+    assert objective.quality_rd[[0, 2, 3, 4, 5]].eq(0).all()
+    objective.quality_rd[quality] = torch.tensor([0.5, 4.0])
+    torch.manual_seed(1)  # the same noise: the same RD losses
+    balanced = objective(x, quality=quality, balance_qualities=True)
+    scale = 0.99 * torch.tensor([0.5, 4.0]) + 0.01 * rd
+    assert torch.allclose(objective.quality_rd[quality], scale)
+    assert balanced["loss"].item() == pytest.approx(((rd / scale).mean() * scale.mean()).item(), rel=1e-5)
+    with pytest.raises(ValueError, match="balance_qualities needs variable-rate"):
+        TrainingConfig(stages=[Stage("fine_tuning", 10, 1e-5, 0.0, 0.0, balance_qualities=True)])
 
 
 def test_fixed_rate_weights_warm_start_a_variable_rate_codec():
