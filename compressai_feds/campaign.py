@@ -521,7 +521,7 @@ class Campaign:
 
 def status_line(job: Job, state: dict[str, Any], minutes_left: float = 0) -> str:
     """One line of ``--status``: progress, wall time, the time left at the run's
-    latest logged speed and the latest validation."""
+    recent logged speed (:meth:`Campaign.minutes_left`) and the latest validation."""
     hours = state.get("wall_seconds", 0) / 3600
     line = f"{job.name:24} {state['status']:9} {state['step']:>7}/{job.total_steps} steps  {hours:5.2f} h"
     if minutes_left and state["status"] != "finished":

@@ -33,8 +33,9 @@ class Stage:
         channel_weight: Weight of the entropy-weighted channel loss.
         balance_qualities: Variable-rate training only: each image's RD loss is
             divided by the running mean of its quality's, so that every quality
-            weighs the same in the gradient (as in the geometric mean validation
-            ranks by), instead of in proportion to its RD loss (q6's ~5x q1's).
+            weighs alike in the loss (as in the geometric mean validation ranks
+            by), instead of in proportion to its RD loss (q6's ~5x q1's). Not in
+            the paper: pilot J of ``zoo/README.md``.
     """
 
     name: str
