@@ -462,8 +462,8 @@ class DistillationTrainer:
                 stage.feature_weight,
                 stage.channel_weight,
                 adapters_only,
+                balance_qualities=stage.balance_qualities,
                 **rate_args,
-                **({"balance_qualities": True} if stage.balance_qualities else {}),
             )
         if not self._finite(losses["loss"]):
             return self._skip(stage.name, f"loss {losses['loss'].item()}")

@@ -124,7 +124,7 @@ def test_fresh_adapters_warm_up_on_a_detached_student(data, tmp_path):
         assert all(p.grad.abs().sum() > 0 for p in objective.channel_loss.adapter.parameters())
 
     calls = []
-    trainer.model = lambda *args: calls.append(args[-1]) or objective(*args)
+    trainer.model = lambda *args, **kwargs: calls.append(args[-1]) or objective(*args, **kwargs)
     trainer.train()  # 6 steps: the adapters alone learn from the distillation terms in the first 3
     assert calls == [True] * 3 + [False] * 3
     assert DistillationTrainer(None, tmp_path, resume=True).adapters_made_at == 0
@@ -294,8 +294,8 @@ def test_one_non_finite_batch_is_skipped_and_logged(data, tmp_path):
     trainer = DistillationTrainer(tiny_config(data, teacher=None), tmp_path, progress=False)
     objective, calls = trainer.model, []
 
-    def overflowing_third_batch(*args):
-        losses = objective(*args)
+    def overflowing_third_batch(*args, **kwargs):
+        losses = objective(*args, **kwargs)
         calls.append(1)
         if len(calls) == 3:  # a reconstruction that overflows, as once seen at step 32,524
             losses["loss"] = losses["loss"] * float("inf")
