@@ -11,6 +11,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from compressai.entropy_models import EntropyModel
 from compressai.layers import (
     ResidualBlock,
     ResidualBlockUpsample,
@@ -264,6 +265,19 @@ class FEDSCodec(SimpleVAECompressionModel):
         updated = super().update(*args, **kwargs)
         self._fixed_point = None
         return updated
+
+    def _load_from_state_dict(self, state_dict: Mapping[str, Any], prefix: str, *args: Any) -> None:
+        """The checkpoint's CDF tables replace the model's whatever their sizes
+        (CompressAI resizes only empty tables, so weights saved after another
+        ``update()`` would not load into an updated model, nor into its moving
+        average's copy)."""
+        for name, module in self.named_modules(prefix=prefix.removesuffix(".")):
+            if isinstance(module, EntropyModel):
+                for buffer in ("_quantized_cdf", "_offset", "_cdf_length"):
+                    key = f"{name}.{buffer}" if name else buffer
+                    if key in state_dict:
+                        getattr(module, buffer).resize_(state_dict[key].size())
+        super()._load_from_state_dict(state_dict, prefix, *args)
 
     def load_state_dict(self, state_dict: Mapping[str, Any], *args: Any, **kwargs: Any) -> Any:
         result = super().load_state_dict(state_dict, *args, **kwargs)

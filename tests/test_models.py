@@ -1,5 +1,6 @@
 import pytest
 import torch
+from torch.optim.swa_utils import AveragedModel
 
 from compressai_feds import FEATURE_NAMES, FEDSCodec, FEDSStudent, FEDSTeacher
 
@@ -153,3 +154,25 @@ def test_empty_or_negative_decode_size_is_refused(student, shape):
     enc = student.compress(torch.rand(1, 3, 32, 32))
     with pytest.raises(ValueError, match="positive image size"):
         student.decompress(enc["strings"], shape)
+
+
+def test_weights_load_into_a_codec_whose_tables_have_other_sizes():
+    """A resumed run rebuilds its model from a checkpoint, then loads its own weights:
+    their CDF tables may have other sizes (another ``update()``); they replace the model's."""
+    torch.manual_seed(0)
+    target = FEDSStudent(N=32, M=48, groups=(16, 32), num_res_blocks=1).eval()
+    source = FEDSStudent(N=32, M=48, groups=(16, 32), num_res_blocks=1).eval()
+    source.latent_codec.hyper.entropy_bottleneck.quantiles.data[..., 2] += 7  # wider tables
+    target.update(force=True)
+    source.update(force=True)
+    key = "latent_codec.hyper.entropy_bottleneck._quantized_cdf"
+    assert target.state_dict()[key].shape != source.state_dict()[key].shape
+    target.load_state_dict(source.state_dict())
+    average = AveragedModel(FEDSStudent(N=32, M=48, groups=(16, 32), num_res_blocks=1)).eval()
+    average.module.update(force=True)
+    average.load_state_dict(AveragedModel(source).state_dict())  # a moving average's copy, nested
+    x = torch.rand(1, 3, 64, 64)
+    with torch.no_grad():
+        expected = source.compress(x)["strings"]
+        assert target.compress(x)["strings"] == expected
+        assert average.module.compress(x)["strings"] == expected
