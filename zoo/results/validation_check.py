@@ -13,9 +13,10 @@ from pathlib import Path
 
 import torch
 
+from compressai_feds import FEDSCodec
 from compressai_feds.images import find_images
 from compressai_feds.quality import LAMBDAS
-from compressai_feds.trainer import _build_model, evaluate
+from compressai_feds.trainer import evaluate
 
 
 def main() -> None:
@@ -28,8 +29,7 @@ def main() -> None:
     args = parser.parse_args()
     checkpoint = torch.load(args.checkpoint, map_location="cpu", weights_only=True)
     config = checkpoint["config"]
-    net = _build_model(config["student"], config["student_args"])
-    net.load_state_dict(checkpoint["state_dict"])
+    net = FEDSCodec.from_state_dict(checkpoint["state_dict"])
     paths = find_images(args.images)
     print(f"{args.checkpoint} at step {checkpoint['step']}, {len(paths)} images")
     for quality in map(int, args.qualities.split(",")):
