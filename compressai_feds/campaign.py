@@ -29,7 +29,8 @@ finishes or stops, and every ``export_minutes`` while it runs;
 ``ZOO/training/<job>/`` keeps its config, ``metrics.jsonl``, learning-curve plot
 and ``state.json`` (status, step, wall time, threads, latest and best
 validation figures); ``ZOO/training/validation.png`` draws every job's
-validation curve, a panel per quality.
+validation curve, a panel per quality (once a recipe has variable-rate jobs, its
+fixed-rate jobs are drawn as the level each ended at).
 """
 
 from __future__ import annotations
@@ -394,7 +395,11 @@ class Campaign:
             best_val=best,
             updated=time.strftime("%Y-%m-%d %H:%M:%S"),
         )
-        plot_validation(self.recipe.jobs, self.zoo / "training", self.zoo / "training" / "validation.png")
+        # once a recipe trains variable-rate jobs, its fixed-rate ones (an earlier zoo) are levels to beat
+        variable_rate = [j for j in self.recipe.jobs if not j.quality]
+        curves = variable_rate or self.recipe.jobs
+        levels = [j for j in self.recipe.jobs if j not in curves]
+        plot_validation(curves, self.zoo / "training", self.zoo / "training" / "validation.png", levels)
         self._say(f"{job.name}: exported step {step} of {job.total_steps} ({status})")
 
     # -- the loop ------------------------------------------------------------

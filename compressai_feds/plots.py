@@ -4,6 +4,7 @@ rate-distortion curves of a report. Matplotlib is imported when one is drawn."""
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -86,29 +87,48 @@ VALIDATION_STYLES = {
 }
 
 
-def plot_validation(jobs: list[Job], logs: Path, output: Path) -> None:
+def _validation_points(job: Job, logs: Path) -> dict[int, tuple[list[int], list[float]]]:
+    """A job's validation RD losses against its steps, per quality: a variable-rate job
+    validates at several ("q1", ...); with a moving average of its weights, the better of
+    the two (what it would export)."""
+    metrics = logs / job.name / "metrics.jsonl"
+    if not metrics.is_file():
+        return {}
+    val = [r for r in map(json.loads, metrics.read_text().splitlines()) if "val" in r]
+    chosen = [(r["step"], kept_validation(r)) for r in val]
+    curves = {}
+    for quality in [job.quality] if job.quality else QUALITIES:
+        points = [
+            (step, figures if job.quality else figures.get(f"q{quality}", {})) for step, figures in chosen
+        ]
+        points = [(step, figures["rd_loss"]) for step, figures in points if "rd_loss" in figures]
+        if points:
+            steps, losses = (list(values) for values in zip(*points, strict=True))
+            curves[quality] = (steps, losses)
+    return curves
+
+
+def _role(job: Job) -> str:
+    return "teacher" if job.model == "feds-teacher" else ("no teacher" if job.teacher is None else "FEDS")
+
+
+def plot_validation(jobs: list[Job], logs: Path, output: Path, levels: Sequence[Job] = ()) -> None:
     """Every job's validation RD loss against its steps, one panel per quality:
-    teachers, FEDS students and no-teacher students of a quality side by side."""
+    teachers, FEDS students and no-teacher students of a quality side by side.
+    ``levels``: jobs drawn as their last validation only, a dotted level across the
+    panel (an earlier zoo, the one to beat; seed 0 only)."""
     plt = _pyplot()
-    from matplotlib.ticker import FormatStrFormatter
+    from matplotlib.ticker import FormatStrFormatter, FuncFormatter
 
     curves: dict[int, list[tuple[Job, list[int], list[float]]]] = {}
     for job in jobs:
-        metrics = logs / job.name / "metrics.jsonl"
-        if not metrics.is_file():
-            continue
-        val = [r for r in map(json.loads, metrics.read_text().splitlines()) if "val" in r]
-        # a variable-rate job validates at several qualities ("q1", ...), drawn in each one's panel;
-        # with a moving average of its weights, the better of the two (what it would export)
-        chosen = [(r["step"], kept_validation(r)) for r in val]
-        for quality in [job.quality] if job.quality else QUALITIES:
-            points = [
-                (step, figures if job.quality else figures.get(f"q{quality}", {})) for step, figures in chosen
-            ]
-            points = [(step, figures["rd_loss"]) for step, figures in points if "rd_loss" in figures]
-            if points:
-                steps, losses = (list(values) for values in zip(*points, strict=True))
-                curves.setdefault(quality, []).append((job, steps, losses))
+        for quality, (steps, losses) in _validation_points(job, logs).items():
+            curves.setdefault(quality, []).append((job, steps, losses))
+    level_lines: dict[int, list[tuple[Job, float]]] = {}
+    for job in levels:
+        if job.seed == 0:
+            for quality, (_, losses) in _validation_points(job, logs).items():
+                level_lines.setdefault(quality, []).append((job, losses[-1]))
     if not curves:
         return
     qualities = sorted(curves)
@@ -118,26 +138,27 @@ def plot_validation(jobs: list[Job], logs: Path, output: Path) -> None:
     for ax in axes.flat[len(qualities) :]:
         ax.remove()
     for ax, quality in zip(axes.flat, qualities, strict=False):
-        best = min(min(losses) for _, _, losses in curves[quality])
-        worst = max(max(losses) for _, _, losses in curves[quality])
+        drawn = [loss for _, _, losses in curves[quality] for loss in losses]
+        drawn += [level for _, level in level_lines.get(quality, [])]
+        best, worst = min(drawn), max(drawn)
         for job, steps, losses in curves[quality]:
-            role = (
-                "teacher"
-                if job.model == "feds-teacher"
-                else ("no teacher" if job.teacher is None else "FEDS")
-            )
-            linestyle, colour = VALIDATION_STYLES[role]
+            linestyle, colour = VALIDATION_STYLES[_role(job)]
             seed_style = {"marker": "o"} if job.seed == 0 else {"marker": "s", "alpha": 0.55}
             ax.plot(steps, losses, linestyle, color=colour, markersize=3, label=job.name, **seed_style)
+        for job, level in level_lines.get(quality, []):
+            _, colour = VALIDATION_STYLES[_role(job)]
+            ax.axhline(level, linestyle=":", color=colour, linewidth=1, label=f"{job.name} (end) {level:.3g}")
         ax.set(xlabel="step", title=f"q{quality} (log axis, cut at 2x the best)", yscale="log")
         ax.set_ylim(0.98 * best, 1.02 * min(worst, 2 * best))
         for axis_format in (ax.yaxis.set_major_formatter, ax.yaxis.set_minor_formatter):
             axis_format(FormatStrFormatter("%.3g"))
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda step, _: f"{step / 1000:g}k"))
         ax.legend(fontsize="small")
     for row in axes:
         row[0].set_ylabel("validation RD loss")
     fig.suptitle(
         "solid blue: teacher, dash-dot green: FEDS student, dashed orange: no-teacher student; pale squares: seed 1"
+        + ("; dotted: the end of an earlier zoo's jobs" if level_lines else "")
     )
     fig.tight_layout()
     fig.savefig(output, dpi=100)

@@ -255,6 +255,11 @@ def test_validation_curves_are_drawn_a_panel_per_quality(campaign_dir):
         (logs / job / "metrics.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
     plot_validation(recipe.jobs, logs, output)
     assert output.read_bytes().startswith(b"\x89PNG")
+    output.unlink()
+    plot_validation([], logs, output, levels=recipe.jobs)  # levels alone: no curve to draw
+    assert not output.exists()
+    plot_validation(recipe.jobs[:1], logs, output, levels=recipe.jobs[1:])  # the rest as their ends
+    assert output.read_bytes().startswith(b"\x89PNG")
 
 
 def test_campaign_stops_resumes_and_exports(campaign_dir, monkeypatch, capsys):
