@@ -55,7 +55,7 @@ from .checkpoint_io import export
 from .config import Stage, TrainingConfig
 from .images import find_images
 from .plots import kept_validation, plot_metrics, plot_validation
-from .quality import LAMBDAS
+from .quality import LAMBDAS, QUALITIES
 
 __all__ = ["Campaign", "Job", "Recipe", "split_validation"]
 
@@ -526,7 +526,8 @@ class Campaign:
 
 def status_line(job: Job, state: dict[str, Any], minutes_left: float = 0) -> str:
     """One line of ``--status``: progress, wall time, the time left at the run's
-    recent logged speed (:meth:`Campaign.minutes_left`) and the latest validation."""
+    recent logged speed (:meth:`Campaign.minutes_left`) and the latest validation (of a
+    variable-rate job, at each quality)."""
     hours = state.get("wall_seconds", 0) / 3600
     line = f"{job.name:24} {state['status']:9} {state['step']:>7}/{job.total_steps} steps  {hours:5.2f} h"
     if minutes_left and state["status"] != "finished":
@@ -534,7 +535,13 @@ def status_line(job: Job, state: dict[str, Any], minutes_left: float = 0) -> str
         line += f" (~{minutes_left / 60:.1f} h left on {threads} thread{'s' * (threads > 1)})"
     if state.get("last_val"):
         last = state["last_val"]
-        line += f"  val RD loss {last['val']['rd_loss']:.4f} at step {last['step']}"
+        at_each = [f"{last['val'][f'q{q}']['rd_loss']:.4f}" for q in QUALITIES if f"q{q}" in last["val"]]
+        figures = (
+            f"q{QUALITIES[0]}-q{QUALITIES[-1]} " + " / ".join(at_each)
+            if at_each
+            else f"{last['val']['rd_loss']:.4f}"
+        )
+        line += f"  val RD loss {figures} at step {last['step']}"
     return line
 
 

@@ -181,6 +181,12 @@ def test_time_left_is_read_at_the_median_logged_speed(campaign_dir):
         teacher, {"status": "running", "step": 25, "threads": 2}, campaign.minutes_left(teacher)
     )
     assert f" 25/{TEACHER_STEPS} steps" in line and "(~0.0 h left on 2 threads)" in line
+    fixed_rate = {"status": "running", "step": 25, "last_val": {"step": 20, "val": {"rd_loss": 1.25}}}
+    assert status_line(teacher, fixed_rate).endswith("val RD loss 1.2500 at step 20")
+    at_each = {f"q{q}": {"rd_loss": q / 10} for q in range(1, 7)}
+    variable_rate = {**fixed_rate, "last_val": {"step": 20, "val": {"rd_loss": 0.35, **at_each}}}
+    expected = "val RD loss q1-q6 0.1000 / 0.2000 / 0.3000 / 0.4000 / 0.5000 / 0.6000 at step 20"
+    assert status_line(teacher, variable_rate).endswith(expected)
 
 
 def stop_when_checkpointed(process: subprocess.Popen, checkpoint: Path, step: int) -> None:
