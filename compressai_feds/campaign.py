@@ -397,8 +397,8 @@ class Campaign:
         )
         # once a recipe trains variable-rate jobs, its fixed-rate ones (an earlier zoo) are levels to beat
         variable_rate = [j for j in self.recipe.jobs if not j.quality]
+        levels = [j for j in self.recipe.jobs if j.quality] if variable_rate else []
         curves = variable_rate or self.recipe.jobs
-        levels = [j for j in self.recipe.jobs if j not in curves]
         plot_validation(curves, self.zoo / "training", self.zoo / "training" / "validation.png", levels)
         self._say(f"{job.name}: exported step {step} of {job.total_steps} ({status})")
 

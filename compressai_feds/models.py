@@ -20,7 +20,7 @@ from compressai.layers import (
     subpel_conv3x3,
 )
 from compressai.models import SimpleVAECompressionModel
-from compressai.models.utils import conv
+from compressai.models.utils import conv, update_registered_buffers
 from compressai.ops import compute_padding
 from compressai.registry import register_model
 from torch import Tensor
@@ -273,10 +273,10 @@ class FEDSCodec(SimpleVAECompressionModel):
         average's copy)."""
         for name, module in self.named_modules(prefix=prefix.removesuffix(".")):
             if isinstance(module, EntropyModel):
-                for buffer in ("_quantized_cdf", "_offset", "_cdf_length"):
-                    key = f"{name}.{buffer}" if name else buffer
-                    if key in state_dict:
-                        getattr(module, buffer).resize_(state_dict[key].size())
+                tables = [
+                    b for b in ("_quantized_cdf", "_offset", "_cdf_length") if f"{name}.{b}" in state_dict
+                ]
+                update_registered_buffers(module, name, tables, state_dict, policy="resize")
         super()._load_from_state_dict(state_dict, prefix, *args)
 
     def load_state_dict(self, state_dict: Mapping[str, Any], *args: Any, **kwargs: Any) -> Any:
