@@ -92,6 +92,10 @@ class TrainingConfig:
     ``clip_max_norm``: the student's gradients are scaled to at most this global norm
     (0: not clipped); the norm before clipping is logged as ``grad_norm``, and a step
     whose norm is not finite is skipped.
+    ``spike_factor``: a step whose loss exceeds this multiple of the running mean of the
+    stage's losses so far is skipped too (0: never): a reconstruction far off but finite.
+    Before this check, teacher-vr's weights were garbage at step 8,041 (its training loss
+    was normal to step 8,000), its running RD loss of q5 at 9.8e7 (~2 when healthy).
     ``fast``: channels_last, and bf16 autocast where the device computes bf16 natively
     (:func:`~.trainer.native_bfloat16`).
     """
@@ -110,6 +114,7 @@ class TrainingConfig:
     crop_size: int = 256
     aux_lr: float = 1e-3
     clip_max_norm: float = 1.0
+    spike_factor: float = 10.0
     lr_decay_at: float = 0.9
     lr_schedule: str = "step"
     fast: bool = True
@@ -159,6 +164,8 @@ class TrainingConfig:
             raise ValueError(f"lr_schedule must be one of {LR_SCHEDULES}, got {self.lr_schedule!r}")
         if not 0 <= self.ema_decay < 1:
             raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
+        if self.spike_factor < 0 or 0 < self.spike_factor <= 1:
+            raise ValueError(f"spike_factor must be 0 (off) or above 1, got {self.spike_factor}")
         for name in ("restart_warmup", "warmup", "adapter_warmup"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")

@@ -60,6 +60,7 @@ BEST = "best.pth.tar"
 METRICS = "metrics.jsonl"
 #: Steps in a row whose loss or gradient may be non-finite (each skipped) before a run is stopped.
 MAX_SKIPPED_IN_A_ROW = 10
+SPIKE_WARMUP = 100  # steps of a stage before its running loss judges spikes
 
 
 def native_bfloat16(device: torch.device) -> bool:
@@ -192,8 +193,12 @@ class DistillationObjective(nn.Module):
         losses["aux_loss"] = self.student.aux_loss()
         return losses
 
-    def _track_quality_rd(self, rd: Tensor, quality: Tensor, decay: float = 0.99) -> None:
-        """Folds the batch's mean RD loss of each quality into ``quality_rd``."""
+    def _track_quality_rd(
+        self, rd: Tensor, quality: Tensor, decay: float = 0.99, outlier: float = 10.0
+    ) -> None:
+        """Folds the batch's mean RD loss of each quality into ``quality_rd``, each mean at
+        most ``outlier`` times the running one: a reconstruction far off (a step the
+        trainer then skips) must not rescale its quality for hundreds of steps."""
         if not torch.isfinite(rd).all():
             return
         sums = torch.zeros_like(self.quality_rd).index_add_(0, quality, rd.float())
@@ -202,6 +207,7 @@ class DistillationObjective(nn.Module):
         )
         seen = counts > 0
         means, previous = sums[seen] / counts[seen], self.quality_rd[seen]
+        means = torch.where(previous > 0, torch.minimum(means, outlier * previous), means)
         self.quality_rd[seen] = torch.where(previous > 0, decay * previous + (1 - decay) * means, means)
 
     def adapters_state_dict(self) -> dict[str, Tensor]:
@@ -312,6 +318,7 @@ class DistillationTrainer:
             self.ema = AveragedModel(student, multi_avg_fn=get_ema_multi_avg_fn(config.ema_decay))
         self.step = 0
         self.skipped_in_a_row = 0
+        self.running_loss: dict[str, Any] = {}  # the current stage's mean loss (_spike)
         self.best_val_loss = math.inf
         if checkpoint is not None:
             self._restore(checkpoint)
@@ -355,6 +362,7 @@ class DistillationTrainer:
             "step": self.step,
             "stage": self.config.stage_at(self.step)[0].name,
             "best_val_loss": self.best_val_loss,
+            "running_loss": self.running_loss,
             "restarted_at": self.restarted_at,
             "rng": {"torch": torch.get_rng_state(), "python": random.getstate()},
             "config": self.config.to_dict(),
@@ -383,6 +391,7 @@ class DistillationTrainer:
         ):
             group["lr"] = base_lr * factor(self.step)
         self.best_val_loss = checkpoint["best_val_loss"]
+        self.running_loss = checkpoint.get("running_loss", {})
         torch.set_rng_state(checkpoint["rng"]["torch"])
         random.setstate(checkpoint["rng"]["python"])
         if self.is_main:
@@ -467,6 +476,9 @@ class DistillationTrainer:
             )
         if not self._finite(losses["loss"]):
             return self._skip(stage.name, f"loss {losses['loss'].item()}")
+        spike = self._spike(losses["loss"].detach(), stage.name)
+        if spike:
+            return self._skip(stage.name, spike)
         (losses["loss"] + losses["aux_loss"]).backward()
         # the norm before clipping is logged: pilot G's climbed for ~50 steps before it diverged
         net_params = [p for group in self.optimizers["net"].param_groups for p in group["params"]]
@@ -479,6 +491,7 @@ class DistillationTrainer:
         self.scheduler.step()
         if self.ema is not None:
             self.ema.update_parameters(self.student)
+        self._track_loss(losses["loss"].detach(), stage.name)
         self.step += 1
         self.skipped_in_a_row = 0
         return {**{k: v.item() for k, v in losses.items()}, "grad_norm": grad_norm.item()}
@@ -490,14 +503,45 @@ class DistillationTrainer:
             dist.all_reduce(finite, op=dist.ReduceOp.MIN)
         return bool(finite.item())
 
+    def _global_loss(self, loss: Tensor) -> float:
+        """The batch's loss over all ranks (the same decision on each)."""
+        loss = loss.float().reshape(1).clone()
+        if self.world_size > 1:
+            dist.all_reduce(loss)
+            loss /= self.world_size
+        return loss.item()
+
+    def _spike(self, loss: Tensor, stage: str) -> str | None:
+        """Why the step is a loss spike (``config.spike_factor``), or ``None``. Checked once
+        the stage's running mean has seen ``SPIKE_WARMUP`` steps (one batch of flat crops
+        at quality 1 is no yardstick)."""
+        running = self.running_loss
+        if not self.config.spike_factor or running.get("stage") != stage or running["steps"] < SPIKE_WARMUP:
+            return None
+        value, mean = self._global_loss(loss), running["mean"]
+        if value <= self.config.spike_factor * mean:
+            return None
+        return f"loss {value:.4g}, {value / mean:.3g} times the stage's running mean {mean:.4g}"
+
+    def _track_loss(self, loss: Tensor, stage: str, decay: float = 0.99) -> None:
+        """Folds a step's loss into its stage's running mean (:meth:`_spike`): the plain mean
+        of its first steps, then exponential; a new stage, with other loss terms, starts its own."""
+        value, running = self._global_loss(loss), self.running_loss
+        if running.get("stage") != stage:
+            running = {"stage": stage, "mean": 0.0, "steps": 0}
+        weight = max(1 - decay, 1 / (running["steps"] + 1))
+        running["mean"] += weight * (value - running["mean"])
+        running["steps"] += 1
+        self.running_loss = running
+
     def _skip(self, stage: str, what: str) -> dict[str, float]:
-        """Counts a step whose loss or gradient is not finite without updating
+        """Counts a step whose loss or gradient is not finite, or a loss spike, without updating
         the weights (one rare batch, e.g. a reconstruction overflowing); many
         in a row mean the run has diverged."""
         self.skipped_in_a_row += 1
         if self.skipped_in_a_row >= MAX_SKIPPED_IN_A_ROW:
             raise FloatingPointError(
-                f"{what} at step {self.step + 1}, not finite for {MAX_SKIPPED_IN_A_ROW} steps in a row: "
+                f"{what} at step {self.step + 1}, skipped {MAX_SKIPPED_IN_A_ROW} steps in a row: "
                 "training diverged (the checkpoints written before are kept; lower the learning rate)"
             )
         if self.is_main:

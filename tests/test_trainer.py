@@ -13,6 +13,7 @@ import torch
 from helpers import run_main, run_python, sample_crops
 
 from compressai_feds import FEDSTeacher
+from compressai_feds import trainer as trainer_module
 from compressai_feds.checkpoint_io import load_codec
 from compressai_feds.config import Stage, TrainingConfig
 from compressai_feds.train import main as train_main
@@ -307,6 +308,30 @@ def test_one_non_finite_batch_is_skipped_and_logged(data, tmp_path):
     skipped = [r for r in records if "skipped" in r]
     assert [(r["step"], r["skipped"]) for r in skipped] == [(3, "loss inf")]
     assert all(torch.isfinite(v).all() for v in final_student(tmp_path).values() if v.is_floating_point())
+
+
+def test_a_loss_spike_is_skipped_and_logged(data, tmp_path, monkeypatch):
+    monkeypatch.setattr(trainer_module, "SPIKE_WARMUP", 2)  # the stages here are 2 steps long
+    stages = [Stage("rd", 6, 1e-4, 0.0, 0.0)]
+    trainer = DistillationTrainer(tiny_config(data, teacher=None, stages=stages), tmp_path, progress=False)
+    objective, calls = trainer.model, []
+
+    def far_off_fourth_batch(*args, **kwargs):
+        losses = objective(*args, **kwargs)
+        calls.append(1)
+        if len(calls) == 4:  # finite, a thousand times the others
+            losses["loss"] = losses["loss"] * 1000
+        return losses
+
+    trainer.model = far_off_fourth_batch
+    assert trainer.train()["step"] == 6
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    skipped = [(r["step"], r["skipped"]) for r in records if "skipped" in r]
+    assert len(skipped) == 1 and skipped[0][0] == 4 and "times the stage's running mean" in skipped[0][1]
+    running = torch.load(tmp_path / "checkpoint.pth.tar", weights_only=True)["running_loss"]
+    assert running["stage"] == "rd" and running["steps"] == 5 and running["mean"] > 0  # 5 taken
+    with pytest.raises(ValueError, match="spike_factor must be 0"):
+        tiny_config(data, spike_factor=0.5)
 
 
 def test_divergence_stops_the_run_before_it_checkpoints_garbage(data, tmp_path):

@@ -285,14 +285,29 @@ def test_balanced_qualities_divide_each_image_by_its_quality_s_running_mean():
     rd = objective.quality_rd[quality].clone()
     assert plain["loss"].item() == pytest.approx(rd.mean().item()) and rd[1] > 3 * rd[0] > 0
     assert objective.quality_rd[[0, 2, 3, 4, 5]].eq(0).all()
-    objective.quality_rd[quality] = torch.tensor([0.5, 4.0])
+    running = rd * torch.tensor([0.5, 2.0])  # one quality doing better than its mean, one worse
+    objective.quality_rd[quality] = running
     torch.manual_seed(1)  # the same noise: the same RD losses
     balanced = objective(x, quality=quality, balance_qualities=True)
-    scale = 0.99 * torch.tensor([0.5, 4.0]) + 0.01 * rd
+    scale = 0.99 * running + 0.01 * rd
     assert torch.allclose(objective.quality_rd[quality], scale)
     assert balanced["loss"].item() == pytest.approx(((rd / scale).mean() * scale.mean()).item(), rel=1e-5)
     with pytest.raises(ValueError, match="balance_qualities needs variable-rate"):
         TrainingConfig(stages=[Stage("fine_tuning", 10, 1e-5, 0.0, 0.0, balance_qualities=True)])
+
+
+def test_a_far_off_reconstruction_moves_its_quality_s_running_mean_by_at_most_a_tenth():
+    from test_trainer import TINY_STUDENT
+
+    from compressai_feds.config import TrainingConfig
+    from compressai_feds.trainer import DistillationObjective
+
+    student = FEDSStudent(**{**TINY_STUDENT, "variable_rate": True})
+    objective = DistillationObjective(student, TrainingConfig(qualities=[1, 5]), None)
+    objective.quality_rd[5] = 2.0
+    objective._track_quality_rd(torch.tensor([1e10, 3.0]), torch.tensor([5, 1]))  # q1: first seen
+    assert objective.quality_rd[5].item() == pytest.approx(0.99 * 2.0 + 0.01 * 20.0)
+    assert objective.quality_rd[1].item() == 3.0
 
 
 def test_fixed_rate_weights_warm_start_a_variable_rate_codec():
