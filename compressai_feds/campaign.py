@@ -19,6 +19,8 @@ Nothing is lost when the campaign is stopped:
 * else from the weights last exported into the zoo (a fresh clone on another
   machine): the same schedule continues at the exported step, with fresh
   optimizers;
+* a job that diverged (its trainer's last checkpoint is from before) continues
+  once from that checkpoint's moving average of its weights, with fresh optimizers;
 * SIGTERM/SIGINT stops every job at its next step (each checkpoints), exports
   them, records their progress and exits with status 0 (1 if a job failed).
 
@@ -56,6 +58,7 @@ from .config import Stage, TrainingConfig
 from .images import find_images
 from .plots import kept_validation, plot_metrics, plot_validation
 from .quality import LAMBDAS, QUALITIES
+from .train import EXIT_DIVERGED
 
 __all__ = ["Campaign", "Job", "Recipe", "split_validation"]
 
@@ -213,6 +216,7 @@ class Campaign:
         self._stop = False
         self._failed: set[str] = set()
         self._stopped: set[str] = set()
+        self._diverged: set[str] = set()  # continued from their moving average (once a campaign)
         self._running: dict[str, _Running] = {}
 
     # -- bookkeeping ---------------------------------------------------------
@@ -296,13 +300,16 @@ class Campaign:
             raise FileNotFoundError(f"job {job.name} has no exported weights in {self.zoo}")
         return path.resolve()
 
-    def _start(self, job: Job, data: Path, val: Path, threads: int) -> _Running:
+    def _start(self, job: Job, data: Path, val: Path, threads: int, from_average: bool = False) -> _Running:
         run_dir = self.run_dir(job)
         run_dir.mkdir(parents=True, exist_ok=True)
         config = self.training_config(job, data, val)
         state = self.state(job)
         args = ["--out", str(run_dir), "--no-progress"]
-        if (run_dir / "checkpoint.pth.tar").is_file():
+        if from_average:
+            how = "continues from its weights' moving average at its last checkpoint, with fresh optimizers"
+            args += ["--resume", "--from-average"]
+        elif (run_dir / "checkpoint.pth.tar").is_file():
             how = "resumes from its run folder"
             args += ["--resume"]
         elif state["step"] > 0 and self.exported(job) is not None:
@@ -404,6 +411,15 @@ class Campaign:
 
     # -- the loop ------------------------------------------------------------
 
+    def _may_continue_from_average(self, job: Job, data: Path, val: Path) -> bool:
+        """A diverged job continues once from its weights' moving average (the trainer's
+        ``from_average``), where it keeps one and a checkpoint to take it from."""
+        return (
+            job.name not in self._diverged
+            and self.training_config(job, data, val).ema_decay > 0
+            and (self.run_dir(job) / "checkpoint.pth.tar").is_file()
+        )
+
     def _stop_handler(self, signum: int, frame: Any) -> None:
         self._stop = True
         for run in self._running.values():  # each checkpoints at its next step
@@ -462,6 +478,11 @@ class Campaign:
                     elif code in STOPPED_CODES:  # stopped from outside
                         self._stopped.add(name)
                         self.export(run.job, "stopped", now - run.started)
+                    elif code == EXIT_DIVERGED and self._may_continue_from_average(run.job, data, val):
+                        self._diverged.add(name)
+                        self._say(f"{name} diverged; see {self.run_dir(run.job) / 'train.log'}")
+                        self.export(run.job, "running", now - run.started)
+                        running[name] = self._start(run.job, data, val, run.threads, from_average=True)
                     else:
                         self._failed.add(name)
                         self.export(run.job, "failed", now - run.started)

@@ -2,6 +2,7 @@
 
     python -m compressai_feds.train --teacher feds-teacher -q 3 --data DIR --val DIR --out runs/q3
     python -m compressai_feds.train --resume --out runs/q3
+    python -m compressai_feds.train --resume --from-average --out runs/q3   # after it diverged
     torchrun --nproc_per_node=4 -m compressai_feds.train ...   # DistributedDataParallel
 
 ``compressai-feds train ...`` is the same command.
@@ -19,6 +20,9 @@ from .config import LR_SCHEDULES, TrainingConfig
 from .quality import LAMBDAS, QUALITIES
 from .trainer import DistillationTrainer
 
+#: The exit status of a run that diverged (its checkpoint is the last one written before).
+EXIT_DIVERGED = 3
+
 
 def _levels(text: str) -> list[int]:
     return [int(level) for level in text.split(",")]
@@ -35,6 +39,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--resume", action="store_true", help="continue the run in --out from its last checkpoint"
+    )
+    parser.add_argument(
+        "--from-average",
+        action="store_true",
+        help="with --resume: continue from the checkpoint's moving average of the weights, with fresh "
+        "optimizers (after the run diverged)",
     )
     parser.add_argument(
         "--config", type=Path, help="start from a saved config.json (with --resume: replaces the run's)"
@@ -147,7 +157,11 @@ def main(argv: list[str] | None = None) -> int:
         progress = not args.no_progress
         if args.resume:
             config = config_from_args(args) if args.config else None
-            trainer = DistillationTrainer(config, args.out, resume=True, progress=progress)
+            trainer = DistillationTrainer(
+                config, args.out, resume=True, from_average=args.from_average, progress=progress
+            )
+        elif args.from_average:
+            raise ValueError("--from-average continues a run: it needs --resume")
         else:
             trainer = DistillationTrainer(
                 config_from_args(args), args.out, start_step=args.start_step, progress=progress
@@ -159,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
         result = trainer.train()
     except FloatingPointError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 3
+        return EXIT_DIVERGED
     if trainer.is_main:
         print(json.dumps(result))
     return 0

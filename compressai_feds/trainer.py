@@ -260,6 +260,10 @@ class DistillationTrainer:
             ``best.pth.tar``: the student with the best validation RD loss),
             ``config.json``, ``metrics.jsonl`` and ``training.png``.
         resume: Continue from ``out_dir/checkpoint.pth.tar``.
+        from_average: With ``resume``: continue from the checkpoint's moving average of
+            the weights (``ema_decay``) with fresh optimizers, as a restart from weights
+            alone (``config.restart_warmup``), the running losses measured afresh: after
+            a run diverged, whose average still holds the weights from before.
         start_step: Without ``resume``: the schedule position to start at
             (stage, learning rate, data stream), for continuing a run from its
             weights alone (``config.student`` a checkpoint) with fresh
@@ -272,6 +276,7 @@ class DistillationTrainer:
         config: TrainingConfig | None,
         out_dir: str | Path,
         resume: bool = False,
+        from_average: bool = False,
         start_step: int = 0,
         progress: bool = True,
     ):
@@ -287,6 +292,10 @@ class DistillationTrainer:
             raise ValueError("a config is needed unless resuming")
         if start_step and resume:
             raise ValueError("start_step is for runs that do not resume from a checkpoint")
+        if from_average and (checkpoint is None or "ema" not in checkpoint):
+            raise ValueError(
+                "from_average continues a run from the moving average its checkpoint keeps (ema_decay)"
+            )
         self.config = config
         self.progress = progress
         self.rank, self.world_size, self.device = _init_distributed()
@@ -321,7 +330,7 @@ class DistillationTrainer:
         self.running_loss: dict[str, Any] = {}  # the current stage's mean loss (_spike)
         self.best_val_loss = math.inf
         if checkpoint is not None:
-            self._restore(checkpoint)
+            self._restore(checkpoint, from_average)
         elif start_step:
             self._start_at(start_step)
         self.model: nn.Module = self.objective
@@ -369,18 +378,27 @@ class DistillationTrainer:
             **({"ema": self.ema.state_dict()} if self.ema is not None else {}),
         }
 
-    def _restore(self, checkpoint: dict[str, Any]) -> None:
-        self.student.load_state_dict(checkpoint["state_dict"])
+    def _restore(self, checkpoint: dict[str, Any], from_average: bool = False) -> None:
+        weights = checkpoint["state_dict"]
+        if from_average:
+            weights = {
+                k.removeprefix("module."): v for k, v in checkpoint["ema"].items() if k != "n_averaged"
+            }
+        self.student.load_state_dict(weights)
         if self.ema is not None and "ema" in checkpoint:
             self.ema.load_state_dict(checkpoint["ema"])
         elif self.ema is not None:  # EMA switched on for a resumed run: it starts from here
             self.ema.update_parameters(self.student)
         self.objective.load_state_dict({**self.objective.state_dict(), **checkpoint["adapters"]})
-        for key, optimizer in self.optimizers.items():
-            optimizer.load_state_dict(checkpoint["optimizers"][key])
+        if not from_average:
+            for key, optimizer in self.optimizers.items():
+                optimizer.load_state_dict(checkpoint["optimizers"][key])
+            self.running_loss = checkpoint.get("running_loss", {})
+        elif hasattr(self.objective, "quality_rd"):
+            self.objective.quality_rd.zero_()  # re-measured from the first batch
         self.scheduler.load_state_dict(checkpoint["scheduler"])
         self.step = checkpoint["step"]
-        self.restarted_at = checkpoint.get("restarted_at")
+        self.restarted_at = self.step if from_average else checkpoint.get("restarted_at")
         # the learning rate of this config's schedule (a resumed run may have changed it), as
         # LambdaLR computes it: else the first step would run at the checkpoint's
         for group, base_lr, factor in zip(
@@ -391,7 +409,6 @@ class DistillationTrainer:
         ):
             group["lr"] = base_lr * factor(self.step)
         self.best_val_loss = checkpoint["best_val_loss"]
-        self.running_loss = checkpoint.get("running_loss", {})
         torch.set_rng_state(checkpoint["rng"]["torch"])
         random.setstate(checkpoint["rng"]["python"])
         if self.is_main:

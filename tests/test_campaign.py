@@ -362,3 +362,26 @@ def test_a_variable_rate_job_starts_from_fixed_rate_weights_and_exports_outside_
     assert "gain_units.log_gain" in weights and metadata["qualities"] == [1, 6]
     assert not list((campaign_dir / "zoo").glob("feds-student-mse-[0-9a-f]*.pth.tar"))
     assert state(campaign_dir, "baseline-vr")["status"] == "finished"
+
+
+def test_a_diverged_job_continues_once_from_its_moving_average(campaign_dir):
+    recipe = tiny_recipe(campaign_dir / "images")
+    baseline = recipe["jobs"][1]
+    baseline["settings"]["ema_decay"] = 0.5
+    baseline["stages"] = [stage("rate_distortion", 2)]
+    recipe["jobs"] = [baseline]
+    path = campaign_dir / "zoo" / "recipe.json"
+    path.write_text(json.dumps(recipe))
+    assert "all jobs finished" in run_python(*campaign(campaign_dir)[1:])
+    baseline["stages"] = [stage("rate_distortion", 14)]  # longer: 10 skipped steps fit
+    path.write_text(json.dumps(recipe))
+    checkpoint = campaign_dir / "runs" / "baseline" / "checkpoint.pth.tar"
+    saved = torch.load(checkpoint, weights_only=True)
+    saved["state_dict"]["g_a.0.0.weight"].fill_(float("nan"))  # what a diverged run leaves
+    torch.save(saved, checkpoint)
+    out = run_python(*campaign(campaign_dir)[1:])
+    assert "baseline diverged" in out and "all jobs finished" in out
+    assert "baseline continues from its weights' moving average at its last checkpoint" in out
+    final = torch.load(checkpoint, weights_only=True)
+    assert final["step"] == 14 and final["restarted_at"] == 2
+    assert torch.isfinite(final["state_dict"]["g_a.0.0.weight"]).all()

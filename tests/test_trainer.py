@@ -203,6 +203,11 @@ def test_cli_reports_bad_arguments_without_traceback(tmp_path, capsys):
         train_main, "--out", tmp_path, "--data", tmp_path, "--restart-warmup", "-1", capsys=capsys
     )
     assert result.returncode == 2 and result.stderr.strip() == "error: restart_warmup must be >= 0, got -1"
+    result = run_main(train_main, "--out", tmp_path, "--from-average", capsys=capsys)
+    assert (
+        result.returncode == 2
+        and result.stderr.strip() == "error: --from-average continues a run: it needs --resume"
+    )
 
 
 @pytest.mark.slow  # two torchrun processes: ~50 s, and the zoo trains on one machine
@@ -332,6 +337,24 @@ def test_a_loss_spike_is_skipped_and_logged(data, tmp_path, monkeypatch):
     assert running["stage"] == "rd" and running["steps"] == 5 and running["mean"] > 0  # 5 taken
     with pytest.raises(ValueError, match="spike_factor must be 0"):
         tiny_config(data, spike_factor=0.5)
+
+
+def test_a_run_continues_from_its_moving_average_with_fresh_optimizers(data, tmp_path):
+    config = tiny_config(data, teacher=None, ema_decay=0.5, restart_warmup=4)
+    DistillationTrainer(config, tmp_path, progress=False).train()
+    saved = torch.load(tmp_path / "checkpoint.pth.tar", weights_only=True)
+    longer = replace(config, stages=[*config.stages[:-1], replace(config.stages[-1], steps=4)])
+    resumed = DistillationTrainer(longer, tmp_path, resume=True, from_average=True, progress=False)
+    average = {k.removeprefix("module."): v for k, v in saved["ema"].items() if k != "n_averaged"}
+    assert all(torch.equal(v, average[k]) for k, v in resumed.student.state_dict().items())
+    assert not torch.equal(average["g_a.0.0.weight"], saved["state_dict"]["g_a.0.0.weight"])
+    assert resumed.step == resumed.restarted_at == 6 and not resumed.optimizers["net"].state
+    assert resumed.optimizers["net"].param_groups[0]["lr"] == pytest.approx(1e-5 / 4)  # warming up again
+    assert resumed.train()["step"] == 8
+    no_average = tmp_path / "no-average"
+    DistillationTrainer(replace(config, ema_decay=0.0), no_average, progress=False).train()
+    with pytest.raises(ValueError, match="moving average its checkpoint keeps"):
+        DistillationTrainer(longer, no_average, resume=True, from_average=True)
 
 
 def test_divergence_stops_the_run_before_it_checkpoints_garbage(data, tmp_path):
