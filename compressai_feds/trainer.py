@@ -58,9 +58,10 @@ __all__ = ["DistillationObjective", "DistillationTrainer"]
 CHECKPOINT = "checkpoint.pth.tar"
 BEST = "best.pth.tar"
 METRICS = "metrics.jsonl"
-#: Steps in a row whose loss or gradient may be non-finite (each skipped) before a run is stopped.
+#: Steps in a row that may be skipped (a loss or gradient not finite, a loss spike) before a run is stopped.
 MAX_SKIPPED_IN_A_ROW = 10
-SPIKE_WARMUP = 100  # steps of a stage before its running loss judges spikes
+#: Steps of a stage before its running loss judges loss spikes (``TrainingConfig.spike_factor``).
+SPIKE_WARMUP = 100
 
 
 def native_bfloat16(device: torch.device) -> bool:
