@@ -53,7 +53,7 @@ from typing import Any
 
 import torch
 
-from .checkpoint_io import export
+from .checkpoint_io import averaged_weights, export
 from .config import Stage, TrainingConfig
 from .images import find_images
 from .plots import kept_validation, plot_metrics, plot_validation
@@ -366,7 +366,7 @@ class Campaign:
         averaged = "ema" in saved and last is not None and kept_validation(last) is last["val_ema"]
         weights = saved["state_dict"]
         if averaged:
-            weights = {k.removeprefix("module."): v for k, v in saved["ema"].items() if k != "n_averaged"}
+            weights = averaged_weights(saved["ema"])
         validations = [{"step": r["step"], "val": kept_validation(r)} for r in records if "val" in r]
         best = min(validations, key=lambda r: r["val"]["rd_loss"], default=None)
         folder, name = self._export_location(job)

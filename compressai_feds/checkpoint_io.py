@@ -24,6 +24,7 @@ import torch.nn as nn
 
 __all__ = [
     "architecture_name",
+    "averaged_weights",
     "export",
     "half_precision",
     "load_codec",
@@ -83,6 +84,12 @@ def verify_hash(path: Path) -> None:
     digest = hashlib.sha256(path.read_bytes()).hexdigest()
     if not digest.startswith(expected):
         raise RuntimeError(f"checkpoint {path} is corrupted: sha256 {digest[:8]} != {expected}")
+
+
+def averaged_weights(averaged_state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The model's weights in the state dict of a :class:`torch.optim.swa_utils.AveragedModel`
+    (its ``module.`` prefix and ``n_averaged`` counter dropped)."""
+    return {k.removeprefix("module."): v for k, v in averaged_state.items() if k != "n_averaged"}
 
 
 def half_precision(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

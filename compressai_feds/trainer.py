@@ -38,7 +38,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from .checkpoint_io import architecture_name, load_codec
+from .checkpoint_io import architecture_name, averaged_weights, load_codec
 from .config import TrainingConfig
 from .data import ImageCrops, StreamSampler
 from .files import write_atomically
@@ -380,12 +380,9 @@ class DistillationTrainer:
         }
 
     def _restore(self, checkpoint: dict[str, Any], from_average: bool = False) -> None:
-        weights = checkpoint["state_dict"]
-        if from_average:
-            weights = {
-                k.removeprefix("module."): v for k, v in checkpoint["ema"].items() if k != "n_averaged"
-            }
-        self.student.load_state_dict(weights)
+        self.student.load_state_dict(
+            averaged_weights(checkpoint["ema"]) if from_average else checkpoint["state_dict"]
+        )
         if self.ema is not None and "ema" in checkpoint:
             self.ema.load_state_dict(checkpoint["ema"])
         elif self.ema is not None:  # EMA switched on for a resumed run: it starts from here
@@ -494,7 +491,8 @@ class DistillationTrainer:
             )
         if not self._finite(losses["loss"]):
             return self._skip(stage.name, f"loss {losses['loss'].item()}")
-        spike = self._spike(losses["loss"].detach(), stage.name)
+        global_loss = self._global_loss(losses["loss"].detach())
+        spike = self._spike(global_loss, stage.name)
         if spike:
             return self._skip(stage.name, spike)
         (losses["loss"] + losses["aux_loss"]).backward()
@@ -509,7 +507,7 @@ class DistillationTrainer:
         self.scheduler.step()
         if self.ema is not None:
             self.ema.update_parameters(self.student)
-        self._track_loss(losses["loss"].detach(), stage.name)
+        self._track_loss(global_loss, stage.name)
         self.step += 1
         self.skipped_in_a_row = 0
         return {**{k: v.item() for k, v in losses.items()}, "grad_norm": grad_norm.item()}
@@ -529,22 +527,22 @@ class DistillationTrainer:
             loss /= self.world_size
         return loss.item()
 
-    def _spike(self, loss: Tensor, stage: str) -> str | None:
+    def _spike(self, value: float, stage: str) -> str | None:
         """Why the step is a loss spike (``config.spike_factor``), or ``None``. Checked once
         the stage's running mean has seen ``SPIKE_WARMUP`` steps (one batch of flat crops
         at quality 1 is no yardstick)."""
         running = self.running_loss
         if not self.config.spike_factor or running.get("stage") != stage or running["steps"] < SPIKE_WARMUP:
             return None
-        value, mean = self._global_loss(loss), running["mean"]
+        mean = running["mean"]
         if value <= self.config.spike_factor * mean:
             return None
         return f"loss {value:.4g}, {value / mean:.3g} times the stage's running mean {mean:.4g}"
 
-    def _track_loss(self, loss: Tensor, stage: str, decay: float = 0.99) -> None:
+    def _track_loss(self, value: float, stage: str, decay: float = 0.99) -> None:
         """Folds a step's loss into its stage's running mean (:meth:`_spike`): the plain mean
         of its first steps, then exponential; a new stage, with other loss terms, starts its own."""
-        value, running = self._global_loss(loss), self.running_loss
+        running = self.running_loss
         if running.get("stage") != stage:
             running = {"stage": stage, "mean": 0.0, "steps": 0}
         weight = max(1 - decay, 1 / (running["steps"] + 1))
