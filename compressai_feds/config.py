@@ -36,6 +36,10 @@ class Stage:
             weighs alike in the loss (as in the geometric mean validation ranks
             by), instead of in proportion to its RD loss (q6's ~5x q1's). Not in
             the paper: pilot J of ``zoo/README.md``.
+        quality_weights: With ``balance_qualities``: the weight of each balanced
+            term, qualities 1 to 6 in order (``None``: all 1), to lean the objective
+            towards the low rates, where the variable-rate models lag v1's
+            fixed-rate ones. Not in the paper: pilot K of ``zoo/README.md``.
     """
 
     name: str
@@ -44,6 +48,18 @@ class Stage:
     feature_weight: float
     channel_weight: float
     balance_qualities: bool = False
+    quality_weights: list[float] | None = None
+
+    def __post_init__(self) -> None:
+        if self.quality_weights is None:
+            return
+        if not self.balance_qualities:
+            raise ValueError(f"stage {self.name}: quality_weights weigh balanced terms (balance_qualities)")
+        if len(self.quality_weights) != len(QUALITIES) or min(self.quality_weights) <= 0:
+            raise ValueError(
+                f"stage {self.name}: quality_weights must be {len(QUALITIES)} positive numbers, "
+                f"got {self.quality_weights}"
+            )
 
 
 def default_stages() -> list[Stage]:

@@ -39,7 +39,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from .checkpoint_io import architecture_name, averaged_weights, load_codec
-from .config import TrainingConfig
+from .config import Stage, TrainingConfig
 from .data import ImageCrops, StreamSampler
 from .files import write_atomically
 from .images import find_images, load_rgb, psnr
@@ -153,11 +153,13 @@ class DistillationObjective(nn.Module):
         adapters_only: bool = False,
         quality: Tensor | None = None,
         balance_qualities: bool = False,
+        quality_weights: Tensor | None = None,
     ) -> dict[str, Tensor]:
         """``adapters_only``: the distillation terms see the student's features
         detached, so that they train their adapters and leave the student alone.
         ``quality``: the integer level of each image (variable-rate training);
-        ``balance_qualities``: see :class:`~.config.Stage`."""
+        ``balance_qualities``, ``quality_weights`` (indexed by quality): see
+        :class:`~.config.Stage`."""
         distill = teacher_out is not None and (feature_weight > 0 or channel_weight > 0)
         rate_args = {} if quality is None else {"quality": quality}
         out = self.student(x, return_features=True, **rate_args) if distill else self.student(x, **rate_args)
@@ -174,7 +176,8 @@ class DistillationObjective(nn.Module):
                 self._track_quality_rd(rd.detach(), quality)
             if balance_qualities:  # each image's term over its quality's mean, in the batch's units
                 scale = self.quality_rd[quality]
-                losses["loss"] = (rd / scale).mean() * scale.mean()
+                weight = 1.0 if quality_weights is None else quality_weights[quality]
+                losses["loss"] = (weight * rd / scale).mean() * scale.mean()
         num_pixels = x.size(0) * x.size(2) * x.size(3)
         for name, likelihoods in out["likelihoods"].items():  # logged: a latent carrying 0 bits is dead
             losses[f"bpp_{name}"] = likelihoods.detach().log2().sum().neg() / num_pixels
@@ -487,6 +490,7 @@ class DistillationTrainer:
                 stage.channel_weight,
                 adapters_only,
                 balance_qualities=stage.balance_qualities,
+                quality_weights=self._quality_weights(stage),
                 **rate_args,
             )
         if not self._finite(losses["loss"]):
@@ -526,6 +530,12 @@ class DistillationTrainer:
             dist.all_reduce(loss)
             loss /= self.world_size
         return loss.item()
+
+    def _quality_weights(self, stage: Stage) -> Tensor | None:
+        """The stage's ``quality_weights``, indexed by quality (as ``lambdas``)."""
+        if stage.quality_weights is None:
+            return None
+        return torch.tensor([0.0, *stage.quality_weights], device=self.device)
 
     def _spike(self, value: float, stage: str) -> str | None:
         """Why the step is a loss spike (``config.spike_factor``), or ``None``. Checked once

@@ -245,7 +245,7 @@ def test_variable_rate_training_distils_validates_per_quality_and_resumes_its_av
     student_args = {**TINY_STUDENT, "variable_rate": True, "auxiliary_transform": True}
     vr = {"student_args": student_args, "qualities": [1, 6], "ema_decay": 0.9}
     stages = tiny_config(data).stages
-    stages[-1] = replace(stages[-1], balance_qualities=True)
+    stages[-1] = replace(stages[-1], balance_qualities=True, quality_weights=[2, 1.5, 1, 1, 1, 1])
     trainer = DistillationTrainer(tiny_config(data, **vr, stages=stages), tmp_path / "run", progress=False)
     trainer.train()
     records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
@@ -294,6 +294,34 @@ def test_balanced_qualities_divide_each_image_by_its_quality_s_running_mean():
     assert balanced["loss"].item() == pytest.approx(((rd / scale).mean() * scale.mean()).item(), rel=1e-5)
     with pytest.raises(ValueError, match="balance_qualities needs variable-rate"):
         TrainingConfig(stages=[Stage("fine_tuning", 10, 1e-5, 0.0, 0.0, balance_qualities=True)])
+
+
+def test_quality_weights_scale_each_balanced_term_and_are_checked():
+    from test_trainer import TINY_STUDENT
+
+    from compressai_feds.config import Stage, TrainingConfig
+    from compressai_feds.trainer import DistillationObjective
+
+    student = FEDSStudent(**{**TINY_STUDENT, "variable_rate": True})
+    objective = DistillationObjective(student, TrainingConfig(qualities=[1, 6]), None).eval()
+    x, quality = torch.rand(2, 3, 64, 64), torch.tensor([1, 6])
+    objective.quality_rd[quality] = torch.tensor([0.5, 3.0])  # eval(): the running means stay put
+    weights = torch.tensor([0.0, 2.0, 1.0, 1.0, 1.0, 1.0, 0.5])  # indexed by quality
+    plain = objective(x, quality=quality, balance_qualities=True)["loss"]
+    weighted = objective(x, quality=quality, balance_qualities=True, quality_weights=weights)["loss"]
+    out = student(x, quality=quality)  # eval(): rounding, no noise: the same RD losses again
+    rd = objective.per_image_rate_distortion(out, x, objective.lambdas[quality])["rd_per_image"]
+    scale = torch.tensor([0.5, 3.0])
+    assert plain.item() == pytest.approx(((rd / scale).mean() * scale.mean()).item(), rel=1e-5)
+    expected = (torch.tensor([2.0, 0.5]) * rd / scale).mean() * scale.mean()
+    assert weighted.item() == pytest.approx(expected.item(), rel=1e-5)
+    with pytest.raises(ValueError, match="quality_weights weigh balanced terms"):
+        Stage("fine_tuning", 10, 1e-5, 0.0, 0.0, quality_weights=[2, 1, 1, 1, 1, 1])
+    with pytest.raises(ValueError, match="6 positive numbers"):
+        Stage("fine_tuning", 10, 1e-5, 0.0, 0.0, balance_qualities=True, quality_weights=[2, 1])
+    stage = {"name": "fine_tuning", "steps": 10, "lr": 1e-5, "feature_weight": 0.0, "channel_weight": 0.0}
+    stage |= {"balance_qualities": True, "quality_weights": [2, 1, 1, 1, 1, 1]}  # as a config file has it
+    assert TrainingConfig(qualities=[1, 6], stages=[stage]).stages[0].quality_weights == [2, 1, 1, 1, 1, 1]
 
 
 def test_a_far_off_reconstruction_moves_its_quality_s_running_mean_by_at_most_a_tenth():
