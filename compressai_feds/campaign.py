@@ -53,7 +53,7 @@ from typing import Any
 
 import torch
 
-from .checkpoint_io import averaged_weights, export
+from .checkpoint_io import averaged_weights, export, exports_of
 from .config import Stage, TrainingConfig
 from .images import find_images
 from .plots import kept_validation, plot_metrics, plot_validation
@@ -238,8 +238,7 @@ class Campaign:
         (folder / "state.json").write_text(json.dumps(state, indent=2) + "\n")
 
     def exported(self, job: Job) -> Path | None:
-        folder, name = self._export_location(job)
-        found = sorted(folder.glob(f"{name}-*.pth.tar"))
+        found = exports_of(*self._export_location(job))
         return found[-1] if found else None
 
     def _export_location(self, job: Job) -> tuple[Path, str]:

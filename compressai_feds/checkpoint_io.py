@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib
+import re
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -122,6 +123,16 @@ def shared_duplicates(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Te
     return shared
 
 
+def exports_of(folder: Path, name: str) -> list[Path]:
+    """The files ``{name}-{sha256 prefix}.pth.tar`` in ``folder`` (as :func:`export` and
+    ``update_model`` name them), sorted; not those of a longer name that begins with
+    ``name`` (``feds-student-mse-seed1-…`` is not an export of ``feds-student-mse``)."""
+    if not folder.is_dir():
+        return []
+    pattern = re.compile(re.escape(name) + r"-[0-9a-f]{8,64}\.pth\.tar")
+    return sorted(path for path in folder.iterdir() if pattern.fullmatch(path.name))
+
+
 def export(
     state_dict: dict[str, torch.Tensor],
     architecture: str,
@@ -149,7 +160,7 @@ def export(
         unhashed = Path(tmp) / f"{name}.pth.tar"
         torch.save({"state_dict": shared_duplicates(state_dict), "metadata": metadata}, unhashed)
         new = unhashed.rename(unhashed.with_name(f"{name}-{update_model.sha256_file(unhashed)}.pth.tar"))
-        for old in folder.glob(f"{name}-*.pth.tar"):
+        for old in exports_of(folder, name):
             old.unlink()
         return new.replace(folder / new.name)
 

@@ -13,13 +13,12 @@ checkpoint is used.
 from __future__ import annotations
 
 import os
-import re
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from .checkpoint_io import read_checkpoint, verify_hash
+from .checkpoint_io import exports_of, read_checkpoint, verify_hash
 from .models import FEDSCodec, FEDSStudent, FEDSTeacher
 from .quality import LAMBDAS, check_quality
 
@@ -43,10 +42,7 @@ def checkpoint_dir() -> Path:
 
 def _matching(folder: Path, stem: str) -> list[Path]:
     """Checkpoints named ``{stem}-{sha256 prefix}.pth.tar`` in ``folder``."""
-    if not folder.is_dir():
-        return []
-    pattern = re.compile(re.escape(stem) + r"-[0-9a-f]{8,64}\.pth\.tar")
-    found = sorted(p for p in folder.iterdir() if pattern.fullmatch(p.name))
+    found = exports_of(folder, stem)
     if len(found) > 1:
         raise RuntimeError(f"several checkpoints match {stem}: {[p.name for p in found]}")
     return found

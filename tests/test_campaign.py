@@ -15,7 +15,7 @@ from helpers import run_main, run_python, sample_crops
 
 from compressai_feds.campaign import Campaign, Recipe, split_validation, status_line
 from compressai_feds.campaign import main as campaign_main
-from compressai_feds.checkpoint_io import read_checkpoint
+from compressai_feds.checkpoint_io import exports_of, read_checkpoint
 from compressai_feds.plots import plot_validation
 
 TINY_TEACHER = {"N": 32, "M": 64, "groups": [16, 48], "num_res_blocks": 1}
@@ -355,9 +355,16 @@ def test_a_variable_rate_job_starts_from_fixed_rate_weights_and_exports_outside_
         }
     )
     (campaign_dir / "zoo" / "recipe.json").write_text(json.dumps(recipe))
+    ablation = campaign_dir / "zoo" / "v2" / "ablation"
+    ablation.mkdir(parents=True)
+    twin = ablation / "feds-student-noteacher-mse-seed1-0123abcd.pth.tar"  # a second seed's export
+    twin.write_bytes(b"another job's weights")
     run = subprocess.run(campaign(campaign_dir), capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stdout + run.stderr
-    (path,) = (campaign_dir / "zoo" / "v2" / "ablation").glob("feds-student-noteacher-mse-*.pth.tar")
+    (path,) = exports_of(ablation, "feds-student-noteacher-mse")
+    assert twin.read_bytes() == b"another job's weights"  # not taken for an older export and removed
+    loaded = Recipe.load(campaign_dir / "zoo" / "recipe.json")
+    assert Campaign(loaded, campaign_dir / "runs", campaign_dir / "zoo").exported(loaded.jobs[1]) == path
     weights, metadata = read_checkpoint(path)
     assert "gain_units.log_gain" in weights and metadata["qualities"] == [1, 6]
     assert not list((campaign_dir / "zoo").glob("feds-student-mse-[0-9a-f]*.pth.tar"))
