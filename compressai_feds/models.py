@@ -267,14 +267,16 @@ class FEDSCodec(SimpleVAECompressionModel):
         return updated
 
     def _load_from_state_dict(self, state_dict: Mapping[str, Any], prefix: str, *args: Any) -> None:
-        """The checkpoint's CDF tables replace the model's whatever their sizes
-        (CompressAI resizes only empty tables, so weights saved after another
-        ``update()`` would not load into an updated model, nor into its moving
-        average's copy)."""
+        """The checkpoint's CDF and scale tables replace the model's whatever their
+        sizes (CompressAI resizes them only in its own ``load_state_dict``, and only
+        empty ones: weights saved after another ``update()`` would not load into an
+        updated model, nor any updated weights into a moving average's copy)."""
         for name, module in self.named_modules(prefix=prefix.removesuffix(".")):
             if isinstance(module, EntropyModel):
                 tables = [
-                    b for b in ("_quantized_cdf", "_offset", "_cdf_length") if f"{name}.{b}" in state_dict
+                    b
+                    for b in ("_quantized_cdf", "_offset", "_cdf_length", "scale_table")
+                    if f"{name}.{b}" in state_dict
                 ]
                 update_registered_buffers(module, name, tables, state_dict, policy="resize")
         super()._load_from_state_dict(state_dict, prefix, *args)

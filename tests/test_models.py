@@ -171,8 +171,11 @@ def test_weights_load_into_a_codec_whose_tables_have_other_sizes():
     average = AveragedModel(FEDSStudent(N=32, M=48, groups=(16, 32), num_res_blocks=1)).eval()
     average.module.update(force=True)
     average.load_state_dict(AveragedModel(source).state_dict())  # a moving average's copy, nested
+    never_updated = AveragedModel(FEDSStudent(N=32, M=48, groups=(16, 32), num_res_blocks=1)).eval()
+    never_updated.load_state_dict(AveragedModel(source).state_dict())  # a run resumed in its folder
     x = torch.rand(1, 3, 64, 64)
     with torch.no_grad():
         expected = source.compress(x)["strings"]
         assert target.compress(x)["strings"] == expected
         assert average.module.compress(x)["strings"] == expected
+        assert never_updated.module.compress(x)["strings"] == expected
