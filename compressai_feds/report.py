@@ -2,7 +2,7 @@
 same images in one run, with BD-rates and an RD plot.
 
     compressai-feds report IMAGES/ -o report/ [-a feds-student feds-teacher] [-q 1,2,3,4,5,6]
-                           [--checkpoint CKPT ...] [--reference DIR] [--untrained]
+                           [--checkpoint CKPT ... --label NAME]... [--reference DIR] [--untrained]
 
 Every codec really codes every image: ours write ``.feds`` files (rate: the
 file's bytes, container included; quality: the decoded 8-bit image), the
@@ -135,13 +135,12 @@ def _learned_setting(codec, label: str) -> Setting:
 def learned_codecs(
     architectures: list[str],
     qualities: list[int],
-    checkpoints: list[Path],
+    curves: dict[str, list[Path]],
     untrained: bool = False,
-    label: str = "checkpoints",
 ) -> tuple[list[CodecRun], list[str]]:
     """Our codecs: each architecture at each quality from the zoo (or untrained
-    weights), and the checkpoints given as one more curve named ``label`` (a
-    variable-rate checkpoint gives it a point at each quality).
+    weights), and one more curve per entry of ``curves`` (label ->
+    checkpoints; a variable-rate checkpoint gives its curve a point at each quality).
     Returns the runs and one note per quality skipped for want of a checkpoint."""
     from compressai.zoo import image_models
 
@@ -166,7 +165,7 @@ def learned_codecs(
         if settings:
             suffix = ", untrained" if untrained else ""
             runs.append(CodecRun(f"{architecture}{suffix}", "ours", settings))
-    if checkpoints:
+    for label, checkpoints in curves.items():
         settings = []
         for path in checkpoints:
             try:
@@ -371,8 +370,17 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-o", "--output", type=Path, default=Path("report"), help="output folder")
     parser.add_argument("-a", "--architectures", nargs="*", default=["feds-student", "feds-teacher"])
     parser.add_argument("-q", "--qualities", default="1,2,3,4,5,6", help="comma-separated quality levels")
-    parser.add_argument("--checkpoint", nargs="+", type=Path, default=[], help="checkpoints: one more curve")
-    parser.add_argument("--label", default="checkpoints", help="name of the --checkpoint curve")
+    parser.add_argument(
+        "--checkpoint",
+        nargs="+",
+        type=Path,
+        action="append",
+        default=[],
+        help="checkpoints: one more curve (repeat the option for more curves)",
+    )
+    parser.add_argument(
+        "--label", action="append", default=[], help="name of the --checkpoint curve, one per --checkpoint"
+    )
     parser.add_argument(
         "--reference", type=Path, help=f"published curves (default: {DEFAULT_REFERENCE} if it exists)"
     )
@@ -392,7 +400,7 @@ def main(argv: list[str] | None = None) -> int:
         paths = image_paths(args.images, SAMPLES)
         images = [_rgb(p) for p in paths]
         runs, notes = learned_codecs(
-            args.architectures, qualities, args.checkpoint, args.untrained, args.label
+            args.architectures, qualities, checkpoint_curves(args.checkpoint, args.label), args.untrained
         )
         if not args.no_classic:
             runs += classic_codecs()
@@ -414,6 +422,18 @@ def main(argv: list[str] | None = None) -> int:
     print(text.split("## Points")[0].rstrip())
     print(f"\nwrote {args.output / 'report.md'}, {args.output / 'rd.png'}, {args.output / 'results'}/")
     return 0
+
+
+def checkpoint_curves(groups: list[list[Path]], labels: list[str]) -> dict[str, list[Path]]:
+    """Pair each ``--checkpoint`` group with its ``--label`` (in order); a single
+    group may go unnamed ("checkpoints")."""
+    if len(groups) == 1 and not labels:
+        labels = ["checkpoints"]
+    if len(labels) != len(groups):
+        raise ValueError(f"{len(groups)} --checkpoint curves need as many --label names, got {len(labels)}")
+    if len(set(labels)) != len(labels):
+        raise ValueError(f"--label names must differ, got {labels}")
+    return dict(zip(labels, groups, strict=True))
 
 
 def _rgb(path: Path) -> Image.Image:

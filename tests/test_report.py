@@ -13,7 +13,7 @@ from PIL import Image
 from compressai_feds import FEDSStudent
 from compressai_feds.bdrate import Curve
 from compressai_feds.codec import Codec, compress_image
-from compressai_feds.report import CodecRun, Setting, main, write_report
+from compressai_feds.report import CodecRun, Setting, checkpoint_curves, learned_codecs, main, write_report
 
 TINY = {"N": 16, "M": 32, "groups": (8, 24)}
 
@@ -108,6 +108,16 @@ def test_bd_tables_rank_every_codec_against_the_published_curves_and_ours_agains
     assert between_ours["feds-teacher (measured)"][1:] == ["anchor", "-9.1% (+0.28 dB) |"]
 
 
+def test_each_checkpoint_group_is_a_curve_named_by_its_label(setup):
+    _, _, checkpoints = setup
+    curves = checkpoint_curves([checkpoints, checkpoints[1:]], ["no teacher", "longer"])
+    runs, notes = learned_codecs([], [1, 2], curves)
+    assert [run.name for run in runs] == ["no teacher", "longer"] and notes == []
+    assert [s.label for s in runs[0].settings] == [p.name for p in checkpoints]
+    assert [s.label for s in runs[1].settings] == [checkpoints[1].name]
+    assert list(checkpoint_curves([checkpoints], [])) == ["checkpoints"]  # one group needs no name
+
+
 @pytest.mark.parametrize(
     "args, message",
     [
@@ -117,12 +127,18 @@ def test_bd_tables_rank_every_codec_against_the_published_curves_and_ours_agains
         (["IMAGES", "--reference", "missing-reference"], "reference folder"),
         (["IMAGES", "-a", "--checkpoint", "missing.pth.tar"], "does not exist"),
         (["IMAGES", "-a", "--no-classic"], "nothing to measure"),
+        (["IMAGES", "-a", "--checkpoint", "C0", "--checkpoint", "C1", "--label", "x"], "as many --label"),
+        (
+            ["IMAGES", "-a", "--checkpoint", "C0", "--label", "x", "--checkpoint", "C1", "--label", "x"],
+            "must differ",
+        ),
     ],
 )
 def test_bad_arguments_are_one_line_errors(setup, tmp_path, capsys, monkeypatch, args, message):
-    root, images, _ = setup
+    root, images, checkpoints = setup
     monkeypatch.chdir(tmp_path)
-    args = [str(images) if a == "IMAGES" else a for a in args]
+    named = {"IMAGES": str(images), "C0": str(checkpoints[0]), "C1": str(checkpoints[1])}
+    args = [named.get(a, a) for a in args]
     assert main([*args, "-o", str(tmp_path / "out"), "--no-progress"]) == 1
     err = capsys.readouterr().err
     assert message in err and len(err.strip().splitlines()) == 1
