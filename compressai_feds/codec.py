@@ -78,9 +78,14 @@ class Codec:
     net: FEDSCodec
     architecture: str
     metric: str
-    quality: float  # 0: a fixed-rate model from a checkpoint
+    fixed_quality: float  # a fixed-rate model's zoo quality (0 from a checkpoint); unused at variable rate
     model_id: bytes
     weights_from_checkpoint: bool = False
+
+    @property
+    def quality(self) -> float:
+        """The quality it codes at, as its files record it (a variable-rate model's is its net's)."""
+        return self.net.quality if self.net.variable_rate else self.fixed_quality
 
     @classmethod
     def from_zoo(cls, architecture: str, quality: float, metric: str = "mse") -> Codec:
@@ -132,7 +137,8 @@ class Codec:
     ) -> Codec:
         net = net.eval()
         net.update()  # builds the CDFs only if the checkpoint has none
-        codec = cls(net, architecture, metric, quality, model_id(net), weights_from_checkpoint)
+        fixed_quality = 0.0 if net.variable_rate else quality
+        codec = cls(net, architecture, metric, fixed_quality, model_id(net), weights_from_checkpoint)
         if net.variable_rate:
             codec.set_quality(quality)
         return codec
@@ -145,7 +151,6 @@ class Codec:
             self.net.quality = quality
         except ValueError as exc:
             raise CodecError(str(exc)) from None
-        self.quality = self.net.quality
 
     def describe(self) -> str:
         return describe_model(

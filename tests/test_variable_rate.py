@@ -173,6 +173,18 @@ def test_file_stores_the_quality_and_decodes_at_it(codec_net, tmp_path):
     assert np.array_equal(np.asarray(decompress_image(other, data)), np.asarray(reconstruction))
 
 
+def test_file_records_the_quality_its_net_coded_at_however_it_was_set(codec_net, tmp_path):
+    path = tmp_path / "vr.pth.tar"
+    torch.save({"state_dict": codec_net.state_dict(), "architecture": "feds-student"}, path)
+    codec = Codec.from_checkpoint(path, quality=2.5)
+    codec.net.quality = 4  # on the net itself, not through the codec
+    image = Image.open(sorted(SAMPLES.glob("*.png"))[0]).crop((0, 0, 200, 150))
+    data, reconstruction = compress_image(codec, image)
+    assert unpack(data)[0].quality == codec.quality == 4
+    fresh = Codec.from_checkpoint(path)
+    assert np.array_equal(np.asarray(decompress_image(fresh, data)), np.asarray(reconstruction))
+
+
 def test_format_version_3_is_refused_naming_both_versions():
     with pytest.raises(ContainerError, match="version 3 is not supported .*version 4"):
         unpack(b"FEDS" + bytes([3]) + bytes(40))
@@ -350,7 +362,7 @@ def test_report_draws_a_curve_from_one_variable_rate_checkpoint(codec_net, tmp_p
 
     path = tmp_path / "vr.pth.tar"
     torch.save({"state_dict": codec_net.state_dict(), "architecture": "feds-student"}, path)
-    (run,), _ = learned_codecs([], [1, 3, 6], [path], label="variable rate")
+    (run,), _ = learned_codecs([], [1, 3, 6], {"variable rate": [path]})
     assert [setting.label for setting in run.settings] == [f"vr.pth.tar, quality {q}" for q in (1, 3, 6)]
     measure(
         [run], [Image.open(sorted(SAMPLES.glob("*.png"))[0]).convert("RGB").crop((0, 0, 128, 128))], False
