@@ -70,7 +70,7 @@ def test_three_stages_run_with_their_losses(data, tmp_path):
     result = trainer.train()
     records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     by_step = {r["step"]: r for r in records if "val" not in r}
-    assert "feature_loss" in by_step[1] and "channel_loss" not in by_step[1]
+    assert "feature_loss" in by_step[1] and "channel_loss" in by_step[1]  # its adapter learns ahead
     assert "feature_loss" in by_step[3] and "channel_loss" in by_step[3]
     assert "feature_loss" not in by_step[5] and "channel_loss" not in by_step[5]
     assert [r["stage"] for r in by_step.values()] == ["feature_alignment"] * 2 + [
@@ -106,6 +106,22 @@ def test_gradients_reach_the_student_and_adapters_only(data, tmp_path):
     assert all(p.grad is not None for p in objective.channel_loss.adapter.parameters())
     assert objective.student.g_a[0][0].weight.grad is not None
     assert all(p.grad is None for p in trainer.teacher.parameters())
+
+
+def test_channel_adapter_learns_during_feature_alignment_without_moving_the_student(data, tmp_path):
+    trainer = DistillationTrainer(tiny_config(data), tmp_path, progress=False)
+    objective = trainer.objective.eval()  # rounding, not noise: the two forwards below agree
+    x = next(iter(trainer._loader()))
+    teacher_out = trainer.teacher(x, return_features=True)
+    bits = torch.ones(trainer.teacher.M)
+    losses = objective(x, teacher_out, bits, feature_weight=1.0, channel_weight=0.0)
+    losses["channel_loss"].backward()
+    assert all(p.grad.abs().sum() > 0 for p in objective.channel_loss.adapter.parameters())
+    assert all(p.grad is None for p in objective.student.parameters())
+    assert all(p.grad is None for p in objective.feature_loss.adapters.parameters())
+    # the term is in the loss the stage minimises, at unit weight
+    rate_distortion = objective(x)["loss"]
+    assert torch.allclose(losses["loss"] - losses["feature_loss"] - losses["channel_loss"], rate_distortion)
 
 
 def test_fresh_adapters_warm_up_on_a_detached_student(data, tmp_path):
