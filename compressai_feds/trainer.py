@@ -114,8 +114,8 @@ class DistillationObjective(nn.Module):
     While the teacher runs for the feature term alone (channel weight 0), ``L_ch``
     trains its adapter on the student's latent detached, so that the channel term
     starts with a trained adapter: switched on with a random one at step 6,000,
-    it raised the FEDS students' training rate from 0.905 to 1.09 bpp within 500
-    steps (``zoo/README.md``, Part 2 progress).
+    it raised the FEDS students' training rate from 0.905 to 1.09-1.10 bpp within
+    500 steps (``zoo/README.md``, Part 2 progress).
     A variable-rate student runs each image at its quality, with its λ.
     """
 
@@ -191,13 +191,10 @@ class DistillationObjective(nn.Module):
             losses["feature_loss"] = self.feature_loss(features, teacher_out["features"])
             total = total + feature_weight * losses["feature_loss"]
         if distill:
-            y_student, y_teacher = features["y"], teacher_out["features"]["y"]
-            if channel_weight > 0:
-                losses["channel_loss"] = self.channel_loss(y_student, y_teacher, teacher_bits)
-                total = total + channel_weight * losses["channel_loss"]
-            else:  # the channel adapter learns ahead of its stage, on the student's latent detached
-                losses["channel_loss"] = self.channel_loss(y_student.detach(), y_teacher, teacher_bits)
-                total = total + losses["channel_loss"]
+            adapter_ahead = channel_weight == 0  # the adapter learns before its stage, the student not
+            y_student = features["y"].detach() if adapter_ahead else features["y"]
+            losses["channel_loss"] = self.channel_loss(y_student, teacher_out["features"]["y"], teacher_bits)
+            total = total + (1.0 if adapter_ahead else channel_weight) * losses["channel_loss"]
         orthogonality = self.student.orthogonality_loss()
         if orthogonality is not None:
             losses["orthogonality_loss"] = orthogonality
