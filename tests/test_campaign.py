@@ -335,7 +335,7 @@ def test_campaign_stops_resumes_and_exports(campaign_dir, monkeypatch, capsys):
 
 def test_a_variable_rate_job_starts_from_fixed_rate_weights_and_exports_outside_the_zoo(campaign_dir):
     """As zoo v2 runs: a variable-rate student warm-started from a finished fixed-rate
-    job, its moving average kept, exported to ``v2/`` (not in the zoo's lookup)."""
+    job, its moving average kept, exported to ``ablation/`` (not in the zoo's lookup)."""
     recipe = tiny_recipe(campaign_dir / "images", teacher_steps=2)
     recipe["jobs"] = [recipe["jobs"][1]]  # baseline: fixed rate, q3
     recipe["jobs"].append(
@@ -343,7 +343,7 @@ def test_a_variable_rate_job_starts_from_fixed_rate_weights_and_exports_outside_
             "name": "baseline-vr",
             "model": "feds-student",
             "quality": None,
-            "export": "v2/ablation/feds-student-noteacher-mse",
+            "export": "ablation/feds-student-noteacher-mse",
             "init": "baseline",
             "settings": {
                 "student_args": {"variable_rate": True},
@@ -355,7 +355,7 @@ def test_a_variable_rate_job_starts_from_fixed_rate_weights_and_exports_outside_
         }
     )
     (campaign_dir / "zoo" / "recipe.json").write_text(json.dumps(recipe))
-    ablation = campaign_dir / "zoo" / "v2" / "ablation"
+    ablation = campaign_dir / "zoo" / "ablation"
     ablation.mkdir(parents=True)
     twin = ablation / "feds-student-noteacher-mse-seed1-0123abcd.pth.tar"  # a second seed's export
     twin.write_bytes(b"another job's weights")
