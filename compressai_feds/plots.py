@@ -176,11 +176,17 @@ FAMILY_COLOURS = {
     "mbt2018": "tab:cyan",
 }
 OUR_COLOURS = ("tab:blue", "tab:red", "tab:green", "tab:olive")
+#: Our fifth to eighth curves reuse the colours with another line and marker, and so on.
+OUR_LINES = (("-", "o"), ("-.", "s"), ("--", "^"), (":", "D"))
 
 
-def _colour(name: str, ours: list[str]) -> str:
-    if name in ours:
-        return OUR_COLOURS[ours.index(name) % len(OUR_COLOURS)]
+def our_style(index: int) -> dict[str, object]:
+    """Line style of our ``index``-th curve: distinct for the first 16."""
+    linestyle, marker = OUR_LINES[index // len(OUR_COLOURS) % len(OUR_LINES)]
+    return {"color": OUR_COLOURS[index % len(OUR_COLOURS)], "linestyle": linestyle, "marker": marker}
+
+
+def _colour(name: str) -> str:
     key = name.lower().split()[0]
     return next((colour for family, colour in FAMILY_COLOURS.items() if key.startswith(family)), "black")
 
@@ -191,18 +197,14 @@ def _draw_curves(ax, runs: list[CodecRun], published: list[tuple[str, Curve]], o
         psnr = [p["psnr-rgb"] for p in run.points]
         order = np.argsort(bpp)
         if run.kind == "ours":
-            style = {"linestyle": "-", "linewidth": 2.2, "marker": "o"}
+            style = {"linewidth": 2.2, **our_style(ours.index(run.name))}
         else:
-            style = {"linestyle": "--", "marker": "."}
-            if run.name.endswith("4:4:4"):
-                style["marker"] = "s"
-        ax.plot(
-            np.array(bpp)[order],
-            np.array(psnr)[order],
-            label=f"{run.name} (measured)",
-            color=_colour(run.name, ours),
-            **style,
-        )
+            style = {
+                "linestyle": "--",
+                "marker": "s" if run.name.endswith("4:4:4") else ".",
+                "color": _colour(run.name),
+            }
+        ax.plot(np.array(bpp)[order], np.array(psnr)[order], label=f"{run.name} (measured)", **style)
     for label, curve in published:
         ax.plot(
             curve.rate,
@@ -211,7 +213,7 @@ def _draw_curves(ax, runs: list[CodecRun], published: list[tuple[str, Curve]], o
             marker="x",
             markersize=4,
             label=label,
-            color=_colour(label, ours),
+            color=_colour(label),
         )
     ax.set(xlabel="bits per pixel", ylabel="PSNR RGB (dB)")
     ax.grid(alpha=0.3)

@@ -13,6 +13,7 @@ from PIL import Image
 from compressai_feds import FEDSStudent
 from compressai_feds.bdrate import Curve
 from compressai_feds.codec import Codec, compress_image
+from compressai_feds.plots import _draw_curves, _pyplot
 from compressai_feds.report import CodecRun, Setting, checkpoint_curves, learned_codecs, main, write_report
 
 TINY = {"N": 16, "M": 32, "groups": (8, 24)}
@@ -158,3 +159,22 @@ def test_encode_and_info_print_only_their_own_lines(setup, tmp_path):
     assert encoded.stdout.startswith(f"{image} -> ") and encoded.stdout.count("\n") == 1
     info = subprocess.run([*cli, "info", str(tmp_path / "a.feds")], capture_output=True, text=True)
     assert info.returncode == 0 and info.stderr == "" and info.stdout.count("\n") == 1
+
+
+def test_every_one_of_our_curves_gets_its_own_look_in_the_rd_plot(tmp_path):
+    """Seven of ours (as the v2 report draws: two v1 curves, five v2 ones) in seven
+    distinct colour, line and marker combinations; the classics keep their family colour."""
+    plt = _pyplot()
+    ours = [f"ours {i}" for i in range(7)]
+    runs = [
+        CodecRun(name, "ours", [], [{"bpp": 0.1 * i, "psnr-rgb": 28.0 + i} for i in (1, 2)]) for name in ours
+    ]
+    runs.append(
+        CodecRun("WebP", "classic", [], [{"bpp": 0.2, "psnr-rgb": 29.0}, {"bpp": 0.4, "psnr-rgb": 31.0}])
+    )
+    fig, ax = plt.subplots()
+    _draw_curves(ax, runs, [], ours)
+    looks = [(line.get_color(), line.get_linestyle(), line.get_marker()) for line in ax.get_lines()]
+    plt.close(fig)
+    assert len(set(looks[:7])) == 7, looks
+    assert looks[7][0] == "tab:purple"
