@@ -6,12 +6,13 @@ six-quality figure owes to its end points.
 Every file is CompressAI results JSON. A range ``A-B`` keeps the A-th to B-th
 points (1-based, in rising rate) of the test curves and, when the anchor has as
 many points as they do, of the anchor too (our own curves share the qualities);
-a published anchor keeps all its points. BD-rate as ``compressai-feds bd-rate``.
+a published anchor keeps all its points. BD-rate as ``compressai-feds bd-rate``;
+"no overlap" where a range shares no PSNR span with the anchor.
 """
 
 import argparse
 
-from compressai_feds.bdrate import Curve, bd_rate, load_curve
+from compressai_feds.bdrate import Curve, CurveError, bd_rate, load_curve
 
 
 def points(curve: Curve, first: int, last: int) -> Curve:
@@ -36,7 +37,10 @@ def main() -> None:
         for text in args.ranges:
             first, last = map(int, text.split("-"))
             reference = points(anchor, first, last) if same_qualities else anchor
-            cells.append(f"{bd_rate(reference, points(test, first, last)):+13.1f}%")
+            try:
+                cells.append(f"{bd_rate(reference, points(test, first, last)):+13.1f}%")
+            except CurveError:
+                cells.append(f"{'no overlap':>14}")
         print(f"{test.name:32}" + "".join(cells))
 
 
