@@ -161,7 +161,7 @@ def test_encode_and_info_print_only_their_own_lines(setup, tmp_path):
     assert info.returncode == 0 and info.stderr == "" and info.stdout.count("\n") == 1
 
 
-def test_every_one_of_our_curves_gets_its_own_look_in_the_rd_plot(tmp_path):
+def test_every_one_of_our_curves_gets_its_own_look_in_the_rd_plot():
     """Seven of ours (as the v2 report draws: two v1 curves, five v2 ones) in seven
     distinct colour, line and marker combinations; the classics keep their family colour."""
     plt = _pyplot()
