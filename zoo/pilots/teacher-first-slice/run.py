@@ -10,17 +10,16 @@ average) and seed, differing only in the latent slices: teacher-vr's (16, 16, 32
     python zoo/pilots/teacher-first-slice/run.py [STEPS]   # from the repository root; nothing else running
 """
 
-import json
-import os
-import subprocess
 import sys
 from dataclasses import replace
 from pathlib import Path
 
-from compressai_feds.campaign import Campaign, Recipe
-from compressai_feds.config import Stage
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from pair import DATA, train_side_by_side  # noqa: E402
 
-DATA = Path("runs/campaign/data")
+from compressai_feds.campaign import Campaign, Recipe  # noqa: E402
+from compressai_feds.config import Stage  # noqa: E402
+
 ARMS = {"slices-16": [16, 16, 32, 64, 128], "slices-32": [32, 32, 64, 128]}
 
 
@@ -29,35 +28,21 @@ def main(steps: int) -> None:
     campaign = Campaign(Recipe.load("zoo/recipe.json"), "runs/campaign", "zoo", progress=False)
     base = campaign.training_config(campaign.jobs["teacher-vr"], DATA / "train", DATA / "val")
     stage = Stage("rate_distortion", steps, 5e-4, 0.0, 0.0)
-    processes = {}
-    for arm, groups in ARMS.items():
-        config = replace(
-            base, student_args={**base.student_args, "groups": groups}, stages=[stage], ema_decay=0.0,
-            val_every=steps, checkpoint_every=500, restart_warmup=0,
-        )  # fmt: skip
-        out = Path("runs/pilots") / pilot.name / arm
-        out.mkdir(parents=True, exist_ok=True)
-        config.save(out / "pilot-config.json")
-        command = [sys.executable, "-m", "compressai_feds.train", "--config", str(out / "pilot-config.json")]
-        command += ["--out", str(out), "--no-progress"]
-        if (out / "checkpoint.pth.tar").is_file():
-            command.append("--resume")
-        env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-        processes[arm] = (
-            out,
-            subprocess.Popen(
-                command, env=env, stdout=(out / "train.log").open("a"), stderr=subprocess.STDOUT
-            ),
+    configs = {
+        arm: replace(
+            base,
+            student_args={**base.student_args, "groups": groups},
+            stages=[stage],
+            ema_decay=0.0,
+            val_every=steps,
+            checkpoint_every=500,
+            restart_warmup=0,
         )
-    for arm, (out, process) in processes.items():
-        if process.wait() != 0:
-            raise SystemExit(f"{arm} failed: see {out / 'train.log'}")
+        for arm, groups in ARMS.items()
+    }
+    metrics = train_side_by_side(pilot, configs)
     print(f"teachers from scratch, {steps} steps: training bpp_z (50-step means), validation RD loss")
-    for arm, (out, _) in processes.items():
-        (pilot / arm).mkdir(exist_ok=True)
-        for name in ("config.json", "metrics.jsonl"):
-            (pilot / arm / name).write_bytes((out / name).read_bytes())
-        records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    for arm, records in metrics.items():
         z = {r["step"]: r["bpp_z"] for r in records if "bpp_z" in r}
         marks = [s for s in (100, 500, 1000, 1500, 2000, 2500, 3000, 4000, 5000) if s in z]
         val = [r for r in records if "val" in r][-1]["val"]
