@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from .losses import CHANNEL_FORMS
 from .models import FEATURE_NAMES
 from .quality import LAMBDAS, QUALITIES
 
@@ -40,6 +41,12 @@ class Stage:
             term, qualities 1 to 6 in order (``None``: all 1), to lean the objective
             towards the low rates, where the variable-rate models lag v1's
             fixed-rate ones. Not in the paper: pilot K of ``zoo/README.md``.
+        reconstruction_weight: Weight of the student's reconstruction against the
+            teacher's (:func:`~.losses.reconstruction_distillation`). Not in the paper:
+            issue 40's decoder-side arm.
+        distillation_decay: The stage's distillation weights (feature, channel,
+            reconstruction) fall linearly from their values at its start to 0 at its
+            end, so that the stage after it starts from a student already weaned.
     """
 
     name: str
@@ -49,8 +56,18 @@ class Stage:
     channel_weight: float
     balance_qualities: bool = False
     quality_weights: list[float] | None = None
+    reconstruction_weight: float = 0.0
+    distillation_decay: bool = False
+
+    def distillation_weights(self, progress: float) -> tuple[float, float, float]:
+        """The feature, channel and reconstruction weights ``progress`` (0 to 1) into
+        the stage (``distillation_decay``)."""
+        scale = 1.0 - progress if self.distillation_decay else 1.0
+        return self.feature_weight * scale, self.channel_weight * scale, self.reconstruction_weight * scale
 
     def __post_init__(self) -> None:
+        if min(self.feature_weight, self.channel_weight, self.reconstruction_weight) < 0:
+            raise ValueError(f"stage {self.name}: loss weights must be >= 0")
         if self.quality_weights is None:
             return
         if not self.balance_qualities:
@@ -114,6 +131,12 @@ class TrainingConfig:
     was normal to step 8,000), its running RD loss of q5 at 9.8e7 (2.7 at step 9,000).
     ``fast``: channels_last, and bf16 autocast where the device computes bf16 natively
     (:func:`~.trainer.native_bfloat16`).
+    ``channel_form``: how the channel term compares the latents
+    (:class:`~.losses.EntropyWeightedChannelLoss`). ``channel_follows_lambda``: in
+    variable-rate training, each image's channel term is weighted by its λ over the mean λ
+    of the levels (q1 0.11, q3 0.41, q6 2.95), as its rate-distortion term grows with λ:
+    at one weight for all, the channel term's gradient on ``g_a`` was many times the
+    rate-distortion term's at q1 (``zoo/README.md``, issue 40).
     """
 
     data: str = ""
@@ -139,6 +162,8 @@ class TrainingConfig:
     attention_temperature: float = 1.0
     channel_tau: float = 1.0
     entropy_temperature: float = 1.0
+    channel_form: str = "spatial_kl"
+    channel_follows_lambda: bool = False
     seed: int = 0
     workers: int = 2
     cache_images: bool = False
@@ -169,6 +194,12 @@ class TrainingConfig:
             unknown = set(getattr(self, name)) - set(QUALITIES)
             if unknown:
                 raise ValueError(f"{name} must be levels of {list(QUALITIES)}, got {sorted(unknown)}")
+        if self.channel_form not in CHANNEL_FORMS:
+            raise ValueError(f"channel_form must be one of {CHANNEL_FORMS}, got {self.channel_form!r}")
+        if self.channel_follows_lambda and not self.qualities:
+            raise ValueError("channel_follows_lambda weighs the images of variable-rate training (qualities)")
+        if any(stage.reconstruction_weight for stage in self.stages) and self.metric != "mse":
+            raise ValueError("reconstruction_weight distils the reconstruction by MSE: for the mse metric")
         if self.qualities and self.metric != "mse":
             raise ValueError("variable-rate training (qualities) is for the mse metric only")
         if self.val_qualities and not self.qualities:

@@ -29,13 +29,19 @@ import torch.nn.functional as F
 from torch import Tensor
 
 __all__ = [
+    "CHANNEL_FORMS",
     "EntropyWeightedChannelLoss",
     "FeatureAlignmentLoss",
     "PerImageRateDistortionLoss",
     "channel_entropy_bits",
     "make_adapter",
+    "reconstruction_distillation",
     "spatial_attention",
+    "standardize_channels",
 ]
+
+#: How :class:`EntropyWeightedChannelLoss` compares a channel of the two latents.
+CHANNEL_FORMS = ("spatial_kl", "standardized_kl")
 
 
 def make_adapter(in_ch: int, out_ch: int) -> nn.Conv2d:
@@ -118,6 +124,14 @@ def channel_entropy_bits(likelihoods: Tensor) -> Tensor:
     return -torch.log2(likelihoods.float().clamp_min(1e-9)).mean(dim=(0, 2, 3))
 
 
+def standardize_channels(latent: Tensor, eps: float = 1e-5) -> Tensor:
+    """Each channel of each image to zero mean and unit variance over its positions
+    (``(B, C, N)`` in and out): what is left of a latent channel once its scale, which
+    sets its rate, is taken away."""
+    mean = latent.mean(dim=2, keepdim=True)
+    return (latent - mean) / (latent.var(dim=2, keepdim=True, unbiased=False) + eps).sqrt()
+
+
 class EntropyWeightedChannelLoss(nn.Module):
     r"""Entropy-weighted channel-level distillation of the latent (paper: entropy-weighted channel-level distillation).
 
@@ -131,12 +145,19 @@ class EntropyWeightedChannelLoss(nn.Module):
         L_{ch} = \frac{\tau^2}{C} \sum_c w_c\,
                  \mathrm{KL}\big(\sigma(y^T_c/\tau)\,\|\,\sigma(\phi(y^S)_c/\tau)\big)
 
+    ``form="spatial_kl"`` compares the latents as they are: a peaked teacher channel
+    asks for a peaked, large student one, and the student pays for its scale in bits
+    (``zoo/README.md``, issue 40: this form pulled against the rate). ``"standardized_kl"``
+    compares them after :func:`standardize_channels`, on where each channel is high and
+    low only, which leaves the scale, and so the rate, to the rate-distortion term.
+
     Args:
         student_channels: Latent channels of the student.
         teacher_channels: Latent channels of the teacher.
         tau: Temperature of the spatial softmax.
         weight_temperature: Temperature of the entropy softmax, in bits; large
             values weight all channels alike.
+        form: One of :data:`CHANNEL_FORMS`.
     """
 
     def __init__(
@@ -145,26 +166,50 @@ class EntropyWeightedChannelLoss(nn.Module):
         teacher_channels: int,
         tau: float = 1.0,
         weight_temperature: float = 1.0,
+        form: str = "spatial_kl",
     ) -> None:
         super().__init__()
+        if form not in CHANNEL_FORMS:
+            raise ValueError(f"channel form must be one of {CHANNEL_FORMS}, got {form!r}")
         self.adapter = make_adapter(student_channels, teacher_channels)
         self.tau = tau
         self.weight_temperature = weight_temperature
+        self.form = form
 
     def channel_weights(self, teacher_bits: Tensor) -> Tensor:
         """Weights of the teacher's channels from their entropy (mean 1)."""
         return teacher_bits.numel() * F.softmax(teacher_bits.float() / self.weight_temperature, dim=0)
 
-    def forward(self, student_latent: Tensor, teacher_latent: Tensor, teacher_bits: Tensor) -> Tensor:
+    def forward(
+        self,
+        student_latent: Tensor,
+        teacher_latent: Tensor,
+        teacher_bits: Tensor,
+        image_weights: Tensor | None = None,
+    ) -> Tensor:
         """``teacher_bits``: per-channel entropy from :func:`channel_entropy_bits`,
-        over the whole (global) batch."""
+        over the whole (global) batch; ``image_weights``: each image's weight (``(B,)``,
+        e.g. its λ relative to the levels' mean), all 1 if ``None``."""
         mapped = self.adapter(student_latent).float().flatten(2)
         target = teacher_latent.float().detach().flatten(2)
+        if self.form == "standardized_kl":
+            mapped, target = standardize_channels(mapped), standardize_channels(target)
         log_p_teacher = F.log_softmax(target / self.tau, dim=2)
         log_p_student = F.log_softmax(mapped / self.tau, dim=2)
         kl = (log_p_teacher.exp() * (log_p_teacher - log_p_student)).sum(dim=2)  # (B, C)
-        weights = self.channel_weights(teacher_bits.detach())
-        return self.tau**2 * (kl * weights).mean()
+        per_image = (kl * self.channel_weights(teacher_bits.detach())).mean(dim=1)
+        if image_weights is not None:
+            per_image = per_image * image_weights
+        return self.tau**2 * per_image.mean()
+
+
+def reconstruction_distillation(x_hat: Tensor, teacher_x_hat: Tensor, lmbda: Tensor | float) -> Tensor:
+    """The student's reconstruction against the teacher's, in the rate-distortion term's
+    units: ``mean_i(λ_i · 255² · MSE(x̂^S_i, x̂^T_i))`` (a decoder-side target beside the
+    dominant rate-distortion term, as Allemand et al., arXiv 2509.10366, distil the
+    reconstruction). Not in FEDS; the teacher's reconstruction is never trained."""
+    mse = (x_hat.float() - teacher_x_hat.float().detach()).pow(2).mean(dim=(1, 2, 3))
+    return (lmbda * 255**2 * mse).mean()
 
 
 class PerImageRateDistortionLoss(nn.Module):

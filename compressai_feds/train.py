@@ -17,6 +17,7 @@ from dataclasses import fields, replace
 from pathlib import Path
 
 from .config import LR_SCHEDULES, TrainingConfig
+from .losses import CHANNEL_FORMS
 from .quality import LAMBDAS, QUALITIES
 from .trainer import DistillationTrainer
 
@@ -101,6 +102,17 @@ def build_parser() -> argparse.ArgumentParser:
         "--lr-schedule",
         choices=LR_SCHEDULES,
         help="learning rate within each stage: step (x0.1 near its end) or cosine (to 0 at its end)",
+    )
+    parser.add_argument(
+        "--channel-form",
+        choices=CHANNEL_FORMS,
+        help="how the channel term compares the latents: as they are (spatial_kl) or standardized per channel",
+    )
+    parser.add_argument(
+        "--channel-follows-lambda",
+        action="store_true",
+        default=None,
+        help="variable rate: weigh each image's channel term by its λ over the levels' mean",
     )
     parser.add_argument("--steps", help="steps of the three stages, e.g. 100000,300000,100000")
     parser.add_argument("--batch-size", type=int)

@@ -48,6 +48,7 @@ from .losses import (
     FeatureAlignmentLoss,
     PerImageRateDistortionLoss,
     channel_entropy_bits,
+    reconstruction_distillation,
 )
 from .models import FEDSCodec
 from .plots import plot_metrics
@@ -108,9 +109,10 @@ class DistillationObjective(nn.Module):
     """The student and the training-only adapters, with every loss term.
 
     One module, so that one (DDP-wrapped) forward computes the whole loss:
-    ``loss = RD + feature_weight * L_feat + channel_weight * L_ch`` (+ the
-    orthogonality loss of an auxiliary transform) and the auxiliary loss of the
-    entropy bottleneck, which only reaches its quantiles.
+    ``loss = RD + feature_weight * L_feat + channel_weight * L_ch
+    + reconstruction_weight * L_rec`` (+ the orthogonality loss of an auxiliary
+    transform) and the auxiliary loss of the entropy bottleneck, which only reaches
+    its quantiles.
     While the teacher runs for the feature term alone (channel weight 0), ``L_ch``
     trains its adapter on the student's latent detached, so that the channel term
     starts with a trained adapter: switched on with a random one at step 6,000,
@@ -145,8 +147,14 @@ class DistillationObjective(nn.Module):
                 temperature=config.attention_temperature,
             )
             self.channel_loss = EntropyWeightedChannelLoss(
-                student.M, teacher.M, tau=config.channel_tau, weight_temperature=config.entropy_temperature
+                student.M,
+                teacher.M,
+                tau=config.channel_tau,
+                weight_temperature=config.entropy_temperature,
+                form=config.channel_form,
             )
+        self.channel_follows_lambda = config.channel_follows_lambda
+        self.mean_lambda = sum(LAMBDAS["mse"].values()) / len(LAMBDAS["mse"])
 
     def forward(
         self,
@@ -159,23 +167,27 @@ class DistillationObjective(nn.Module):
         quality: Tensor | None = None,
         balance_qualities: bool = False,
         quality_weights: Tensor | None = None,
+        reconstruction_weight: float = 0.0,
     ) -> dict[str, Tensor]:
         """``adapters_only``: the distillation terms see the student's features
         detached, so that they train their adapters and leave the student alone.
         ``quality``: the integer level of each image (variable-rate training);
         ``balance_qualities``, ``quality_weights`` (indexed by quality): see
         :class:`~.config.Stage`."""
-        distill = teacher_out is not None and (feature_weight > 0 or channel_weight > 0)
+        distill = teacher_out is not None and (
+            feature_weight > 0 or channel_weight > 0 or reconstruction_weight > 0
+        )
         rate_args = {} if quality is None else {"quality": quality}
         out = self.student(x, return_features=True, **rate_args) if distill else self.student(x, **rate_args)
         features = out.get("features", {})
         if adapters_only:
             features = {name: feature.detach() for name, feature in features.items()}
         reconstruction = {"x_hat": out["x_hat"].float(), "likelihoods": out["likelihoods"]}
+        lmbda = self.rate_distortion.lmbda if quality is None else self.lambdas[quality]
         if quality is None:
             losses = self.rate_distortion(reconstruction, x.float())
         else:
-            losses = self.per_image_rate_distortion(reconstruction, x.float(), self.lambdas[quality])
+            losses = self.per_image_rate_distortion(reconstruction, x.float(), lmbda)
             rd = losses.pop("rd_per_image")
             if self.training:
                 self._track_quality_rd(rd.detach(), quality)
@@ -193,8 +205,16 @@ class DistillationObjective(nn.Module):
         if distill:
             adapter_ahead = channel_weight == 0  # the adapter learns before its stage, the student not
             y_student = features["y"].detach() if adapter_ahead else features["y"]
-            losses["channel_loss"] = self.channel_loss(y_student, teacher_out["features"]["y"], teacher_bits)
+            image_weights = lmbda / self.mean_lambda if self.channel_follows_lambda else None
+            losses["channel_loss"] = self.channel_loss(
+                y_student, teacher_out["features"]["y"], teacher_bits, image_weights
+            )
             total = total + (1.0 if adapter_ahead else channel_weight) * losses["channel_loss"]
+        if distill and reconstruction_weight > 0 and not adapters_only:
+            losses["reconstruction_loss"] = reconstruction_distillation(
+                out["x_hat"], teacher_out["x_hat"], lmbda
+            )
+            total = total + reconstruction_weight * losses["reconstruction_loss"]
         orthogonality = self.student.orthogonality_loss()
         if orthogonality is not None:
             losses["orthogonality_loss"] = orthogonality
@@ -335,6 +355,10 @@ class DistillationTrainer:
         self.ema: AveragedModel | None = None
         if config.ema_decay:
             self.ema = AveragedModel(student, multi_avg_fn=get_ema_multi_avg_fn(config.ema_decay))
+        # seeded again: runs that differ only in their teacher and adapters (which draw random
+        # weights) then draw the same qualities and quantisation noise (paired pilots)
+        torch.manual_seed(config.seed)
+        random.seed(config.seed)
         self.step = 0
         self.skipped_in_a_row = 0
         self.running_loss: dict[str, Any] = {}  # the current stage's mean loss (_spike)
@@ -465,7 +489,8 @@ class DistillationTrainer:
 
     def _train_step(self, x: Tensor) -> dict[str, float]:
         config = self.config
-        stage, _ = config.stage_at(self.step)
+        stage, progress = config.stage_at(self.step)
+        feature_weight, channel_weight, reconstruction_weight = stage.distillation_weights(progress)
         x = x.to(self.device).contiguous(
             memory_format=torch.channels_last if config.fast else torch.contiguous_format
         )
@@ -477,7 +502,9 @@ class DistillationTrainer:
             choices = torch.tensor(config.qualities)
             rate_args["quality"] = choices[torch.randint(len(choices), (x.size(0),))].to(self.device)
         teacher_out, teacher_bits = None, None
-        if self.teacher is not None and (stage.feature_weight > 0 or stage.channel_weight > 0):
+        if self.teacher is not None and (
+            feature_weight > 0 or channel_weight > 0 or reconstruction_weight > 0
+        ):
             with torch.no_grad(), autocast:
                 teacher_out = self.teacher(x, return_features=True, **rate_args)
             teacher_bits = channel_entropy_bits(teacher_out["likelihoods"]["y"])
@@ -492,11 +519,12 @@ class DistillationTrainer:
                 x,
                 teacher_out,
                 teacher_bits,
-                stage.feature_weight,
-                stage.channel_weight,
+                feature_weight,
+                channel_weight,
                 adapters_only,
                 balance_qualities=stage.balance_qualities,
                 quality_weights=self._quality_weights(stage),
+                reconstruction_weight=reconstruction_weight,
                 **rate_args,
             )
         if not self._finite(losses["loss"]):

@@ -5,6 +5,7 @@ from compressai_feds.losses import (
     EntropyWeightedChannelLoss,
     FeatureAlignmentLoss,
     channel_entropy_bits,
+    reconstruction_distillation,
     spatial_attention,
 )
 
@@ -86,6 +87,68 @@ def test_channel_loss_maps_student_channels_and_never_updates_the_teacher():
     loss(student, teacher, torch.rand(5)).backward()
     assert student.grad is not None and loss.adapter.weight.grad is not None
     assert teacher.grad is None
+
+
+@pytest.mark.parametrize("form", ["spatial_kl", "standardized_kl"])
+def test_channel_loss_forms_are_zero_when_student_equals_teacher(form):
+    latent = torch.randn(2, 6, 4, 4)
+    assert EntropyWeightedChannelLoss(6, 6, form=form)(latent, latent, torch.rand(6)).item() == pytest.approx(
+        0.0, abs=1e-6
+    )
+
+
+def test_standardized_channel_loss_leaves_the_student_s_scale_alone():
+    """Scaled up or shifted, the student's latent has the same standardized loss, and the
+    loss's gradient has no part along the latent (no pull on its size, which sets its
+    rate); the spatial form's gradient does."""
+    torch.manual_seed(0)
+    teacher, student = 4 * torch.randn(1, 3, 8, 8), torch.randn(1, 3, 8, 8)
+    bits = torch.rand(3)
+    standardized = EntropyWeightedChannelLoss(3, 3, form="standardized_kl")
+    spatial = EntropyWeightedChannelLoss(3, 3, form="spatial_kl")
+    assert standardized(5 * student + 2, teacher, bits).item() == pytest.approx(
+        standardized(student, teacher, bits).item(), rel=1e-4
+    )
+    assert spatial(5 * student, teacher, bits).item() != pytest.approx(
+        spatial(student, teacher, bits).item(), rel=0.1
+    )
+
+    def radial_cosine(loss: EntropyWeightedChannelLoss) -> float:
+        latent = student.clone().requires_grad_(True)
+        loss(latent, teacher, bits).backward()
+        return torch.cosine_similarity(latent.grad.flatten(), student.flatten(), dim=0).item()
+
+    assert abs(radial_cosine(standardized)) < 1e-3
+    assert abs(radial_cosine(spatial)) > 0.05
+
+
+def test_channel_loss_weighs_each_image_by_its_weight():
+    torch.manual_seed(0)
+    loss = EntropyWeightedChannelLoss(3, 3)
+    teacher, student, bits = torch.randn(2, 3, 4, 4), torch.randn(2, 3, 4, 4), torch.rand(3)
+    each = [loss(student[i : i + 1], teacher[i : i + 1], bits).item() for i in range(2)]
+    weighted = loss(student, teacher, bits, image_weights=torch.tensor([0.5, 3.0])).item()
+    assert weighted == pytest.approx((0.5 * each[0] + 3.0 * each[1]) / 2, rel=1e-5)
+    assert loss(student, teacher, bits, image_weights=torch.ones(2)).item() == pytest.approx(
+        loss(student, teacher, bits).item()
+    )
+
+
+def test_channel_loss_refuses_an_unknown_form():
+    with pytest.raises(ValueError, match="channel form"):
+        EntropyWeightedChannelLoss(3, 3, form="l2")
+
+
+def test_reconstruction_distillation_is_the_rate_distortion_term_s_distortion_against_the_teacher():
+    x_hat, teacher = torch.rand(2, 3, 8, 8), torch.rand(2, 3, 8, 8, requires_grad=True)
+    assert reconstruction_distillation(teacher, teacher, 0.01).item() == 0.0
+    lmbda = torch.tensor([0.0018, 0.0483])
+    mse = (x_hat - teacher.detach()).pow(2).mean(dim=(1, 2, 3))
+    assert reconstruction_distillation(x_hat, teacher, lmbda).item() == pytest.approx(
+        (lmbda * 255**2 * mse).mean().item(), rel=1e-6
+    )
+    reconstruction_distillation(x_hat.requires_grad_(True), teacher, lmbda).backward()
+    assert x_hat.grad is not None and teacher.grad is None
 
 
 def test_feature_loss_does_not_depend_on_feature_scale():

@@ -387,3 +387,74 @@ def test_divergence_stops_the_run_before_it_checkpoints_garbage(data, tmp_path):
     with pytest.raises(FloatingPointError, match="training diverged"):
         trainer.train()
     assert not (tmp_path / "bad" / "checkpoint.pth.tar").exists()
+
+
+@pytest.mark.parametrize("channel_form", ["spatial_kl", "standardized_kl"])
+def test_a_student_identical_to_its_teacher_has_zero_distillation_loss(data, channel_form):
+    teacher = load_codec(data["teacher"]).eval()
+    student = load_codec(data["teacher"])
+    config = tiny_config(data, channel_form=channel_form)
+    objective = trainer_module.DistillationObjective(student, config, teacher).eval()  # rounding both
+    x = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        teacher_out = teacher(x, return_features=True)
+        bits = trainer_module.channel_entropy_bits(teacher_out["likelihoods"]["y"])
+        losses = objective(x, teacher_out, bits, 1.0, 1.0, reconstruction_weight=1.0)
+    for term in ("feature_loss", "channel_loss", "reconstruction_loss"):
+        assert losses[term].item() == pytest.approx(0.0, abs=1e-5), term
+
+
+def test_reconstruction_distillation_runs_the_teacher_and_joins_the_loss(data, tmp_path):
+    stages = [Stage("reconstruction", 2, 1e-4, 0.0, 0.0, reconstruction_weight=0.5)]
+    trainer = DistillationTrainer(tiny_config(data, stages=stages), tmp_path, progress=False)
+    trainer.objective.eval()
+    x = next(iter(trainer._loader()))
+    teacher_out = trainer.teacher(x, return_features=True)
+    bits = torch.ones(trainer.teacher.M)
+    losses = trainer.objective(x, teacher_out, bits, reconstruction_weight=0.5)
+    expected = trainer_module.reconstruction_distillation(
+        trainer.student(x)["x_hat"], teacher_out["x_hat"], trainer.config.lmbda
+    )
+    assert losses["reconstruction_loss"].item() == pytest.approx(expected.item(), rel=1e-5) and expected > 0
+    rate_distortion = trainer.objective(x)["loss"]
+    channel_ahead = losses["channel_loss"]  # its adapter still learns, on the latent detached
+    assert torch.allclose(
+        losses["loss"] - 0.5 * losses["reconstruction_loss"] - channel_ahead, rate_distortion
+    )
+    trainer.train()
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert all("reconstruction_loss" in r for r in records if "val" not in r)
+
+
+def test_a_decaying_stage_weans_the_student_linearly():
+    stage = Stage(
+        "channel_distillation", 100, 1e-4, 0.3, 10.0, reconstruction_weight=2.0, distillation_decay=True
+    )
+    assert stage.distillation_weights(0.0) == (0.3, 10.0, 2.0)
+    assert stage.distillation_weights(0.75) == pytest.approx((0.075, 2.5, 0.5))
+    assert replace(stage, distillation_decay=False).distillation_weights(0.75) == (0.3, 10.0, 2.0)
+    config = TrainingConfig(stages=[Stage("a", 4, 1e-4, 1.0, 0.0), stage])
+    assert config.stage_at(54) == (stage, 0.5)
+    with pytest.raises(ValueError, match="loss weights must be >= 0"):
+        Stage("a", 4, 1e-4, 1.0, -1.0)
+
+
+def test_distillation_settings_are_checked():
+    with pytest.raises(ValueError, match="channel_form must be one of"):
+        TrainingConfig(channel_form="l2")
+    with pytest.raises(ValueError, match="channel_follows_lambda weighs the images of variable-rate"):
+        TrainingConfig(channel_follows_lambda=True)
+    with pytest.raises(ValueError, match="reconstruction_weight distils the reconstruction by MSE"):
+        TrainingConfig(metric="ms-ssim", stages=[Stage("a", 4, 1e-4, 0.0, 0.0, reconstruction_weight=1.0)])
+
+
+def test_cli_sets_the_channel_term_s_form_and_lambda_weighting(tmp_path, capsys):
+    from compressai_feds.train import build_parser, config_from_args
+
+    args = ["--out", str(tmp_path), "--data", str(tmp_path), "--qualities", "1,6"]
+    args += ["--student-args", '{"variable_rate": true}', "--channel-form", "standardized_kl"]
+    config = config_from_args(build_parser().parse_args([*args, "--channel-follows-lambda"]))
+    assert config.channel_form == "standardized_kl" and config.channel_follows_lambda
+    assert not config_from_args(build_parser().parse_args(args)).channel_follows_lambda
+    result = run_main(train_main, *args, "--channel-form", "l2", capsys=capsys)
+    assert result.returncode == 2 and "invalid choice: 'l2'" in result.stderr
