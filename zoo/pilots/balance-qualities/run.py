@@ -1,4 +1,4 @@
-"""Pilot J (session 15): does balancing the qualities (``Stage.balance_qualities``) help the low
+"""Pilot J (2026-12-01 (2e89fba)): does balancing the qualities (``Stage.balance_qualities``) help the low
 rates of a variable-rate model? Two arms from the same weights (baseline-vr's latest export),
 side by side on one thread each, identical but for ``balance_qualities``: 1,500 steps at lr
 2.5e-4 (the students' ``channel_distillation_low_lr`` stage), a 100-step warm-up (fresh

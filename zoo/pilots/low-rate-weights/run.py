@@ -1,4 +1,4 @@
-"""Pilot K (session 18): can weighing the low rates' balanced terms more
+"""Pilot K (2026-12-02 (8136fd5)): can weighing the low rates' balanced terms more
 (``Stage.quality_weights``) close the variable-rate models' gap to v1's fixed-rate models at
 q1 (baseline-vr finished 2.0% behind v1's no-teacher q1 model, 8.6-55.5% ahead at q2-q6),
 and at what cost to the other qualities? Two arms from baseline-vr's finished weights, side

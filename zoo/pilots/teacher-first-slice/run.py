@@ -1,4 +1,4 @@
-"""Pilot L (session 25): does the v2 teacher's hyper-latent die because its first latent slice,
+"""Pilot L (2026-12-03 (c5e3ada)): does the v2 teacher's hyper-latent die because its first latent slice,
 the one coded from the hyperprior alone, is small? In zoo v2 the students' ``z`` lives (first
 slice 32 channels; it saves 17-27% of ``y``'s rate on Kodak) and the teacher's dies between steps
 2,000 and 5,000 (first slice 16 channels). Two teachers from scratch, side by side on one thread
