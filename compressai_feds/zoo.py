@@ -1,6 +1,6 @@
 """Zoo of the FEDS codecs, in CompressAI's zoo convention.
 
-Checkpoints ship inside the package (the repository's ``zoo/`` folder, installed
+Checkpoints ship inside the package (the repository's ``zoo/v2/`` folder, installed
 as ``compressai_feds/checkpoints``); nothing is downloaded. A variable-rate
 checkpoint serves every quality of its architecture and metric and is named
 ``{architecture}-{metric}-{sha256 prefix}.pth.tar``; a fixed-rate one serves one
@@ -26,18 +26,21 @@ __all__ = ["checkpoint_dir", "feds_student", "feds_teacher", "load_pretrained"]
 
 #: Environment variable that points the zoo at another checkpoint folder.
 CHECKPOINT_DIR_ENV = "COMPRESSAI_FEDS_ZOO"
+#: The folder under the repository's ``zoo/`` whose checkpoints ship (``pyproject.toml``
+#: installs the same one); ``zoo/`` itself keeps v1's fixed-rate files, which no longer do.
+SHIPPED = "v2"
 
 
 def checkpoint_dir() -> Path:
     """Folder the zoo loads checkpoints from: ``$COMPRESSAI_FEDS_ZOO`` if set,
     else the checkpoints installed with the package, else (editable install or
-    source checkout) the repository's ``zoo/`` folder."""
+    source checkout) the repository's ``zoo/v2/`` folder (:data:`SHIPPED`)."""
     override = os.environ.get(CHECKPOINT_DIR_ENV)
     if override:
         return Path(override)
     package = Path(__file__).resolve().parent
     installed = package / "checkpoints"
-    return installed if installed.is_dir() else package.parent / "zoo"
+    return installed if installed.is_dir() else package.parent / "zoo" / SHIPPED
 
 
 def _matching(folder: Path, stem: str) -> list[Path]:

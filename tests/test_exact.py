@@ -5,6 +5,7 @@ stream that does not decode consistently is refused."""
 import copy
 import re
 from contextlib import contextmanager
+from pathlib import Path
 
 import pytest
 import torch
@@ -27,6 +28,8 @@ from compressai_feds.fixed_point import (
     to_grid,
 )
 from compressai_feds.zoo import checkpoint_dir
+
+REPO_ZOO = Path(__file__).resolve().parent.parent / "zoo"
 
 
 @contextmanager
@@ -166,7 +169,7 @@ def trained_codecs():
             codecs.append(factory(quality=3, pretrained=True).eval())
         except FileNotFoundError:
             pass
-    ablation = sorted((checkpoint_dir() / "ablation").glob("feds-student-noteacher-mse-3-*.pth.tar"))
+    ablation = sorted((REPO_ZOO / "ablation").glob("feds-student-noteacher-mse-3-*.pth.tar"))
     if not codecs and ablation:
         from compressai_feds.checkpoint_io import load_codec
 
@@ -277,13 +280,21 @@ def test_old_format_version_is_refused_naming_both(version):
         unpack(data)
 
 
-def shipped_checkpoints() -> list[tuple[str, int]]:
-    """(architecture, quality) of every checkpoint in the zoo folder."""
-    names = (
-        re.fullmatch(r"(feds-\w+)-mse-(\d)-\w+\.pth\.tar", p.name)
-        for p in sorted(checkpoint_dir().glob("*.pth.tar"))
-    )
-    return [(match[1], int(match[2])) for match in names if match]
+def shipped_checkpoints() -> list[tuple[str, float]]:
+    """(architecture, quality) of every checkpoint in the zoo folder: a fixed-rate file at its
+    quality, a variable-rate one at each of the six levels and at 2.5."""
+    cases = []
+    for path in sorted(checkpoint_dir().glob("*.pth.tar")):
+        match = re.fullmatch(r"(feds-\w+?)-mse-(?:(\d)-)?[0-9a-f]+\.pth\.tar", path.name)
+        if match:
+            cases += (
+                [(match[1], int(match[2]))] if match[2] else [(match[1], q) for q in (1, 2, 2.5, 3, 4, 5, 6)]
+            )
+    return cases
+
+
+def test_the_zoo_folder_holds_checkpoints_of_both_architectures():
+    assert {architecture for architecture, _ in shipped_checkpoints()} == {"feds-student", "feds-teacher"}
 
 
 @pytest.mark.parametrize("architecture, quality", shipped_checkpoints())

@@ -11,7 +11,7 @@ from helpers import run_python, sample_crops, train_briefly
 
 from compressai_feds import FEDSStudent, FEDSTeacher, feds_student, feds_teacher
 from compressai_feds.checkpoint_io import shared_duplicates
-from compressai_feds.zoo import CHECKPOINT_DIR_ENV
+from compressai_feds.zoo import CHECKPOINT_DIR_ENV, SHIPPED
 
 
 @pytest.fixture(scope="module")
@@ -144,9 +144,9 @@ def test_equal_tables_are_stored_once_and_load_back(tmp_path):
 
 
 def test_the_wheel_ships_the_package_the_zoo_weights_and_model_card_and_installs(tmp_path):
-    """``pip wheel`` of the repository holds the package, every zoo checkpoint
-    (installed as ``compressai_feds/checkpoints``) and the model card, nothing
-    else of ``zoo/`` (no ablation, recipe, logs, results or scripts); installed in
+    """``pip wheel`` of the repository holds the package, the shipped zoo's checkpoints
+    (``zoo/v2``, installed as ``compressai_feds/checkpoints``) and the model card, nothing
+    else of ``zoo/`` (no v1 files, ablation, recipe, logs, results or scripts); installed in
     a fresh environment it loads a pretrained student and encodes a sample image."""
     repo = Path(__file__).resolve().parent.parent
     run_python("-m", "pip", "wheel", "--no-deps", "-q", "-w", str(tmp_path), str(repo))
@@ -154,15 +154,14 @@ def test_the_wheel_ships_the_package_the_zoo_weights_and_model_card_and_installs
     with zipfile.ZipFile(wheel) as archive:
         sizes = {info.filename: info.file_size for info in archive.infolist()}
     shipped = {name.removeprefix("compressai_feds/checkpoints/") for name in sizes if "/checkpoints/" in name}
-    assert (
-        shipped == {path.name for path in (repo / "zoo").glob("*.pth.tar")} | {"README.md"} != {"README.md"}
-    )
+    zoo = {path.name for path in (repo / "zoo" / SHIPPED).glob("*.pth.tar")}
+    assert shipped == zoo | {"README.md"} and len(zoo) == 2  # v2: one teacher, one student
     package = {path.relative_to(repo).as_posix() for path in (repo / "compressai_feds").rglob("*.py")}
     package.remove("compressai_feds/plugin_hook.py")  # installed as the top-level compressai_plugin_hook
     assert package <= set(sizes)
     outside = {n for n in sizes if not n.startswith(("compressai_feds/", "compressai_feds-"))}
     assert outside == {"compressai_plugin_hook.py", "compressai_plugin_hook.pth"}
-    assert sum(size for name, size in sizes.items() if name.endswith(".pth.tar")) < 200e6
+    assert sum(size for name, size in sizes.items() if name.endswith(".pth.tar")) < 40e6
 
     venv = tmp_path / "venv"
     run_python("-m", "venv", str(venv))
