@@ -21,11 +21,15 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from PIL import Image
 from tqdm import tqdm
 
 from .quality import LAMBDAS, MAX_QUALITY, MIN_QUALITY
+
+if TYPE_CHECKING:
+    from .codec import RateControl
 
 SUFFIX = ".feds"
 
@@ -39,6 +43,22 @@ def _output_paths(inputs: list[Path], output: Path | None, suffix: str) -> list[
         output.mkdir(parents=True, exist_ok=True)
         return [output / (p.stem + suffix) for p in inputs]
     return [p.with_suffix(suffix) for p in inputs]
+
+
+def _target_outcome(choice: RateControl, target_bpp: float | None, target_psnr: float | None) -> str:
+    """Whether the quality chosen meets the target; where none does, the nearest the model
+    comes on this image (its rate at quality 1, its PSNR at quality 6)."""
+    if target_bpp is not None:
+        target, nearest = (
+            f"{target_bpp} bpp",
+            f"the lowest rate this model reaches on this image is {choice.bpp:.4f} bpp",
+        )
+    else:
+        target, nearest = (
+            f"{target_psnr} dB",
+            f"the highest PSNR this model reaches on this image is {choice.psnr:.2f} dB",
+        )
+    return f"meets {target}" if choice.met else f"CANNOT meet {target}: {nearest}"
 
 
 def _run_each(paths: list[Path], job: Callable[[Path], str], desc: str) -> int:
@@ -85,8 +105,9 @@ def encode(args: argparse.Namespace) -> int:
             data, reconstruction, choice = compress_to_target(
                 codec, image, args.target_bpp, args.target_psnr, args.tile_size
             )
-            target = f"{args.target_bpp} bpp" if args.target_bpp is not None else f"{args.target_psnr} dB"
-            chosen = f", quality {choice.quality:g} ({'meets' if choice.met else 'CANNOT meet'} {target})"
+            chosen = (
+                f", quality {choice.quality:g} ({_target_outcome(choice, args.target_bpp, args.target_psnr)})"
+            )
         else:
             data, reconstruction = compress_image(codec, image, args.tile_size, reconstruct=args.metrics)
             chosen = ""

@@ -28,9 +28,9 @@ from compressai_feds.zoo import checkpoint_dir
 
 
 def trained_v2(architecture: str) -> FEDSCodec:
-    """The v2 campaign's variable-rate codec (``zoo/v2/``, trained on all six qualities;
-    in the repository, not the wheel), ready to code."""
-    found = exports_of(checkpoint_dir() / "v2", f"{architecture}-mse")
+    """The v2 campaign's variable-rate codec (trained on all six qualities; the zoo's), ready
+    to code."""
+    found = exports_of(checkpoint_dir(), f"{architecture}-mse")
     if not found:
         pytest.skip(f"no trained variable-rate {architecture} in the repository")
     net = load_codec(found[0])
@@ -225,6 +225,17 @@ def test_cli_encodes_to_a_target_rate_and_refuses_it_for_a_fixed_rate_model(code
         cli_main, "decode", encoded, "--checkpoint", path, "-o", tmp_path / "a.out.png", capsys=capsys
     )
     assert decoded.returncode == 0, decoded.stderr
+    lowest = compress_to_target(Codec.from_checkpoint(path), Image.open(source), target_bpp=0.001)[2]
+    for target, nearest in (
+        ("--target-bpp", f"the lowest rate this model reaches on this image is {lowest.bpp:.4f} bpp"),
+        ("--target-psnr", "the highest PSNR this model reaches on this image is "),
+    ):
+        run = run_main(cli_main, "encode", source, "--checkpoint", path, target, "0.001" if "bpp" in target else "90",
+                       "-o", encoded, capsys=capsys)  # fmt: skip
+        assert (
+            run.returncode == 0
+            and f"CANNOT meet {'0.001 bpp' if 'bpp' in target else '90.0 dB'}: {nearest}" in run.stdout
+        )
     fixed = tmp_path / "fixed.pth.tar"
     torch.save({"state_dict": FEDSStudent(N=16, M=32, groups=(8, 24)).state_dict()}, fixed)
     refused = run_main(
@@ -377,3 +388,30 @@ def test_the_variable_rate_teacher_decodes_exactly_at_a_fractional_quality(image
         encoded = teacher.compress(image)
     with threads(2):
         assert_same_latent(teacher, encoded, decode(teacher, encoded))
+
+
+def test_the_channel_term_can_follow_each_image_s_lambda():
+    """``channel_follows_lambda``: each image's channel term times its λ over the levels'
+    mean λ (q1: 0.11, q6: 2.95)."""
+    from test_trainer import TINY_STUDENT
+
+    from compressai_feds.config import TrainingConfig
+    from compressai_feds.losses import channel_entropy_bits
+    from compressai_feds.trainer import DistillationObjective
+
+    torch.manual_seed(0)
+    teacher = FEDSTeacher(N=32, M=64, groups=(16, 48), num_res_blocks=1, variable_rate=True).eval()
+    student = FEDSStudent(**{**TINY_STUDENT, "variable_rate": True})
+    config = TrainingConfig(qualities=[1, 6], channel_follows_lambda=True)
+    objective = DistillationObjective(student, config, teacher).eval()  # rounding: no noise
+    x, quality = torch.rand(2, 3, 64, 64), torch.tensor([1, 6])
+    with torch.no_grad():
+        teacher_out = teacher(x, return_features=True, quality=quality)
+    bits = channel_entropy_bits(teacher_out["likelihoods"]["y"])
+    got = objective(x, teacher_out, bits, 0.0, 1.0, quality=quality)["channel_loss"]
+    y_student = student(x, return_features=True, quality=quality)["features"]["y"]
+    y_teacher = teacher_out["features"]["y"]
+    each = [objective.channel_loss(y_student[i : i + 1], y_teacher[i : i + 1], bits) for i in range(2)]
+    weights = objective.lambdas[quality] / objective.mean_lambda
+    assert weights.tolist() == pytest.approx([0.1099, 2.948], rel=1e-3)
+    assert got.item() == pytest.approx(((weights[0] * each[0] + weights[1] * each[1]) / 2).item(), rel=1e-4)
