@@ -36,11 +36,11 @@ class Stage:
             divided by the running mean of its quality's, so that every quality
             weighs alike in the loss (as in the geometric mean validation ranks
             by), instead of in proportion to its RD loss (q6's ~5x q1's). Not in
-            the paper: pilot J of ``zoo/README.md``.
+            the paper: pilot J of ``zoo/HISTORY.md``.
         quality_weights: With ``balance_qualities``: the weight of each balanced
             term, qualities 1 to 6 in order (``None``: all 1), to lean the objective
             towards the low rates, where the variable-rate models lag v1's
-            fixed-rate ones. Not in the paper: pilot K of ``zoo/README.md``.
+            fixed-rate ones. Not in the paper: pilot K of ``zoo/HISTORY.md``.
         reconstruction_weight: Weight of the student's reconstruction against the
             teacher's (:func:`~.losses.reconstruction_distillation`). Not in the paper:
             issue 40's decoder-side arm.

@@ -117,7 +117,7 @@ class DistillationObjective(nn.Module):
     trains its adapter on the student's latent detached, so that the channel term
     starts with a trained adapter: switched on with a random one at step 6,000,
     it raised the FEDS students' training rate from 0.905 to 1.09-1.10 bpp within
-    500 steps (``zoo/README.md``, Part 2 progress).
+    500 steps (``zoo/HISTORY.md``, Part 2 progress).
     A variable-rate student runs each image at its quality, with its λ.
     """
 
