@@ -1,0 +1,161 @@
+"""Pilot N (issue 40): which distillation term costs the student bits, and which pays.
+
+Every arm is the v2 FEDS student's recipe (``student-vr`` in ``zoo/recipe.json``: variable
+rate, auxiliary transform, q1-q6 at once, lr 5e-4, moving average 0.999, batch 8 of 128 px
+crops), from scratch with seed 0, trained on one thread beside another arm, validated every
+1,000 steps at q1-q6 on the validation split. The arms differ only in their distillation loss
+(``ARMS``); the schedule is the v2 student's shortened: feature alignment to 4,000, the
+channel-level stage to 9,000, fine-tuning on rate-distortion alone at lr 5e-5 to 10,000.
+Arms that share their first 4,000 steps with ``feature-only`` (the trunk) branch from its
+checkpoint at 4,000 (``trunk-4000``) instead of training them again.
+
+    python zoo/pilots/feds-terms/run.py ARM [ARM]            # from the repository root: trains side by side
+    python zoo/pilots/feds-terms/run.py ARM --until 4000     # stops there (the trunk's branch point)
+    python zoo/pilots/feds-terms/run.py --table              # the table of zoo/README.md
+
+Each arm's run lives in ``runs/pilots/feds-terms/ARM`` (its checkpoint resumes exactly); its
+``config.json`` and ``metrics.jsonl`` are copied beside this file when it stops.
+"""
+
+import argparse
+import json
+import shutil
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from pair import DATA, train_side_by_side  # noqa: E402
+
+from compressai_feds.bdrate import Curve, CurveError, bd_rate  # noqa: E402
+from compressai_feds.campaign import Campaign, Recipe  # noqa: E402
+from compressai_feds.config import Stage, TrainingConfig  # noqa: E402
+
+PILOT = Path(__file__).resolve().parent
+RUNS = Path("runs/pilots") / PILOT.name
+BRANCH_STEP = 4000
+LR, FINE_TUNING_LR = 5e-4, 5e-5
+
+
+def schedule(feature: float, channel: float, **channel_stage: object) -> list[Stage]:
+    """Feature alignment (4,000 steps), the channel-level stage (5,000), fine-tuning (1,000)."""
+    return [
+        Stage("feature_alignment", BRANCH_STEP, LR, feature, 0.0),
+        Stage("channel_distillation", 5000, LR, feature, channel, **channel_stage),
+        Stage("fine_tuning", 1000, FINE_TUNING_LR, 0.0, 0.0),
+    ]
+
+
+STANDARDIZED_LAMBDA = {"channel_form": "standardized_kl", "channel_follows_lambda": True}
+
+#: arm: (distils, its stages, settings beside the recipe's)
+ARMS: dict[str, tuple[bool, list[Stage], dict]] = {
+    "no-teacher": (False, schedule(0.0, 0.0), {}),
+    "feature-only": (True, schedule(0.3, 0.0), {}),  # the trunk; no channel term
+    "feds-v2": (True, schedule(0.3, 10.0), {}),  # today's FEDS: spatial KL x10
+    "standardized-lambda": (True, schedule(0.3, 10.0), STANDARDIZED_LAMBDA),
+    "feature-decay": (True, schedule(0.3, 0.0, distillation_decay=True), {}),
+    "reconstruction": (True, schedule(0.3, 0.0, reconstruction_weight=0.5), {}),
+}
+TRUNK = "feature-only"
+
+
+def arm_config(campaign: Campaign, arm: str, until: int | None) -> TrainingConfig:
+    distils, stages, settings = ARMS[arm]
+    base = campaign.training_config(campaign.jobs["student-vr"], DATA / "train", DATA / "val")
+    if until is not None:  # the stages cut at ``until``
+        cut, start = [], 0
+        for stage in stages:
+            if start < until:
+                cut.append(replace(stage, steps=min(stage.steps, until - start)))
+            start += stage.steps
+        stages = cut
+    return replace(
+        base,
+        teacher=base.teacher if distils else None,
+        stages=stages,
+        val_every=1000,
+        checkpoint_every=500,
+        **settings,
+    )
+
+
+def branch(arm: str) -> None:
+    """Starts ``arm`` from the trunk's checkpoint at ``BRANCH_STEP`` (kept as ``trunk-4000``)."""
+    checkpoint = RUNS / arm / "checkpoint.pth.tar"
+    if arm == TRUNK or checkpoint.is_file() or not ARMS[arm][0]:
+        return
+    source = RUNS / f"trunk-{BRANCH_STEP}"
+    if not source.is_dir():
+        raise SystemExit(f"{arm} branches from {source}: train {TRUNK} with --until {BRANCH_STEP} first")
+    shutil.copytree(source, RUNS / arm)
+
+
+def validations(arm: str) -> dict[int, dict]:
+    """The arm's validation at each step (from its run folder while there is one, else from
+    the copy beside this file): the better (geometric-mean RD loss) of its raw and averaged
+    weights, as the trainer keeps."""
+    path = next(
+        (p for p in (RUNS / arm / "metrics.jsonl", PILOT / arm / "metrics.jsonl") if p.is_file()), None
+    )
+    if path is None:
+        return {}
+    found = {}
+    for record in map(json.loads, path.read_text().splitlines()):
+        if "val" in record:
+            kept = [record["val"], *([record["val_ema"]] if "val_ema" in record else [])]
+            found[record["step"]] = min(kept, key=lambda v: v["rd_loss"])
+    return found
+
+
+def curve(name: str, val: dict) -> Curve:
+    qualities = range(1, 7)
+    return Curve.from_points(
+        name, [val[f"q{q}"]["bpp"] for q in qualities], [val[f"q{q}"]["psnr"] for q in qualities]
+    )
+
+
+def table() -> None:
+    """Each arm at each validated step against no teacher at equal steps: RD loss per quality
+    (relative), BD-rate of the six validation points."""
+    anchor = validations("no-teacher")
+    print("| arm | step | RD loss q1..q6 | vs no teacher, q1..q6 | BD-rate vs no teacher |")
+    print("|---|---|---|---|---|")
+    for arm in ARMS:
+        for step, val in sorted(validations(arm).items()):
+            rd = [val[f"q{q}"]["rd_loss"] for q in range(1, 7)]
+            cells = [" / ".join(f"{v:.4f}" for v in rd), "", ""]
+            if arm != "no-teacher" and step in anchor:
+                base = [anchor[step][f"q{q}"]["rd_loss"] for q in range(1, 7)]
+                cells[1] = " / ".join(f"{(v / b - 1) * 100:+.1f}%" for v, b in zip(rd, base, strict=True))
+                try:
+                    cells[2] = f"{bd_rate(curve('no-teacher', anchor[step]), curve(arm, val)):+.2f}%"
+                except CurveError as exc:
+                    cells[2] = exc.reason
+            print(f"| {arm} | {step:,} | " + " | ".join(cells) + " |")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("arms", nargs="*", help=f"of {', '.join(ARMS)}")
+    parser.add_argument("--until", type=int, help="stop every arm at this step")
+    parser.add_argument("--table", action="store_true", help="print the table of the arms validated so far")
+    args = parser.parse_args()
+    if args.table:
+        table()
+        return
+    unknown = set(args.arms) - set(ARMS)
+    if unknown or not args.arms:
+        parser.error(f"name arms of {', '.join(ARMS)} (unknown: {', '.join(sorted(unknown)) or 'none'})")
+    campaign = Campaign(Recipe.load("zoo/recipe.json"), "runs/campaign", "zoo", progress=False)
+    for arm in args.arms:
+        branch(arm)
+    train_side_by_side(PILOT, {arm: arm_config(campaign, arm, args.until) for arm in args.arms})
+    if TRUNK in args.arms and args.until == BRANCH_STEP and not (RUNS / f"trunk-{BRANCH_STEP}").exists():
+        shutil.copytree(RUNS / TRUNK, RUNS / f"trunk-{BRANCH_STEP}")
+
+
+if __name__ == "__main__":
+    main()
