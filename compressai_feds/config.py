@@ -131,6 +131,9 @@ class TrainingConfig:
     was normal to step 8,000), its running RD loss of q5 at 9.8e7 (2.7 at step 9,000).
     ``fast``: channels_last, and bf16 autocast where the device computes bf16 natively
     (:func:`~.trainer.native_bfloat16`).
+    ``ms_ssim_window``: taps of the MS-SSIM window in training (metric ``ms-ssim``): its five
+    scales need crops larger than ``16 · (window − 1)``, so 128 px crops take at most 7, 256 px
+    crops CompressAI's 11. Validation, on whole images, uses 11 where they are large enough.
     ``channel_form``: how the channel term compares the latents
     (:class:`~.losses.EntropyWeightedChannelLoss`). ``channel_follows_lambda``: in
     variable-rate training, each image's channel term is weighted by its λ over the mean λ
@@ -164,6 +167,7 @@ class TrainingConfig:
     entropy_temperature: float = 1.0
     channel_form: str = "spatial_kl"
     channel_follows_lambda: bool = False
+    ms_ssim_window: int = 11
     seed: int = 0
     workers: int = 2
     cache_images: bool = False
@@ -200,8 +204,16 @@ class TrainingConfig:
             raise ValueError("channel_follows_lambda weighs the images of variable-rate training (qualities)")
         if any(stage.reconstruction_weight for stage in self.stages) and self.metric != "mse":
             raise ValueError("reconstruction_weight distils the reconstruction by MSE: for the mse metric")
-        if self.qualities and self.metric != "mse":
-            raise ValueError("variable-rate training (qualities) is for the mse metric only")
+        if self.ms_ssim_window < 3 or self.ms_ssim_window % 2 == 0:
+            raise ValueError(f"ms_ssim_window must be an odd number of taps >= 3, got {self.ms_ssim_window}")
+        if self.metric == "ms-ssim" and 16 * (self.ms_ssim_window - 1) >= self.crop_size:
+            largest = (self.crop_size - 1) // 16 + 1
+            largest -= 1 - largest % 2  # odd
+            raise ValueError(
+                f"MS-SSIM's five scales need crops larger than 16 x (window - 1) = "
+                f"{16 * (self.ms_ssim_window - 1)} px: {self.crop_size} px crops take a window of at most "
+                f"{largest} taps (ms_ssim_window)"
+            )
         if self.val_qualities and not self.qualities:
             raise ValueError("val_qualities needs variable-rate training (qualities)")
         if any(stage.balance_qualities for stage in self.stages) and not self.qualities:

@@ -213,10 +213,19 @@ def reconstruction_distillation(x_hat: Tensor, teacher_x_hat: Tensor, lmbda: Ten
 
 
 class PerImageRateDistortionLoss(nn.Module):
-    """CompressAI's :class:`~compressai.losses.RateDistortionLoss` (MSE) with one λ per
-    image: ``mean_i(λ_i · 255² · MSE_i + bpp_i)``, the objective of a variable-rate codec
-    trained on all its levels at once (Cui et al., CVPR 2021, Eq. 8); ``rd_per_image``
-    holds each image's term."""
+    """CompressAI's :class:`~compressai.losses.RateDistortionLoss` with one λ per image:
+    ``mean_i(λ_i · D_i + bpp_i)``, the objective of a variable-rate codec trained on all its
+    levels at once (Cui et al., CVPR 2021, Eq. 8); ``rd_per_image`` holds each image's term.
+    ``D_i`` is ``255² · MSE_i`` (``metric="mse"``) or ``1 − MS-SSIM_i`` (``"ms-ssim"``,
+    pytorch_msssim's, with ``ms_ssim_window`` taps: five scales need crops larger than
+    ``16 · (window − 1)`` pixels, so 128 px crops take at most 7)."""
+
+    def __init__(self, metric: str = "mse", ms_ssim_window: int = 11) -> None:
+        super().__init__()
+        if metric not in ("mse", "ms-ssim"):
+            raise ValueError(f"metric must be mse or ms-ssim, got {metric!r}")
+        self.metric = metric
+        self.ms_ssim_window = ms_ssim_window
 
     def forward(self, output: Mapping, target: Tensor, lmbda: Tensor) -> dict[str, Tensor]:
         pixels_per_image = target.size(2) * target.size(3)
@@ -225,5 +234,21 @@ class PerImageRateDistortionLoss(nn.Module):
             for likelihoods in output["likelihoods"].values()
         )
         mse = (output["x_hat"] - target).pow(2).mean(dim=(1, 2, 3))
-        rd = lmbda * 255**2 * mse + bpp
-        return {"bpp_loss": bpp.mean(), "mse_loss": mse.mean(), "loss": rd.mean(), "rd_per_image": rd}
+        losses = {"bpp_loss": bpp.mean(), "mse_loss": mse.mean()}
+        if self.metric == "ms-ssim":
+            from pytorch_msssim import ms_ssim
+
+            with torch.autocast(target.device.type, enabled=False):  # its variances cancel: float32
+                similarity = ms_ssim(
+                    output["x_hat"].float(),
+                    target.float(),
+                    data_range=1.0,
+                    size_average=False,
+                    win_size=self.ms_ssim_window,
+                )
+            losses["ms_ssim_loss"] = similarity.mean()
+            distortion = 1 - similarity
+        else:
+            distortion = 255**2 * mse
+        rd = lmbda * distortion + bpp
+        return {**losses, "loss": rd.mean(), "rd_per_image": rd}

@@ -88,6 +88,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--metric", choices=sorted(LAMBDAS))
     parser.add_argument(
+        "--ms-ssim-window",
+        type=int,
+        help="taps of the MS-SSIM window in training (odd; 128 px crops take at most 7, 256 px 11)",
+    )
+    parser.add_argument(
         "--qualities",
         type=_levels,
         help="variable rate: train on these levels, e.g. 1,2,3,4,5,6 (with --student-args '{\"variable_rate\": true}')",

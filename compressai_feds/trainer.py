@@ -127,9 +127,9 @@ class DistillationObjective(nn.Module):
         if config.qualities and not getattr(student, "variable_rate", False):
             raise ValueError('variable-rate training (qualities) needs student_args {"variable_rate": true}')
         self.rate_distortion = RateDistortionLoss(lmbda=config.lmbda, metric=config.metric)
-        self.per_image_rate_distortion = PerImageRateDistortionLoss()
+        self.per_image_rate_distortion = PerImageRateDistortionLoss(config.metric, config.ms_ssim_window)
         self.register_buffer(
-            "lambdas", torch.tensor([0.0, *LAMBDAS["mse"].values()]), persistent=False
+            "lambdas", torch.tensor([0.0, *LAMBDAS[config.metric].values()]), persistent=False
         )  # indexed by quality
         if config.qualities:
             # running mean of each quality's RD loss (indexed by quality; 0: not seen yet), for the
@@ -154,7 +154,7 @@ class DistillationObjective(nn.Module):
                 form=config.channel_form,
             )
         self.channel_follows_lambda = config.channel_follows_lambda
-        self.mean_lambda = sum(LAMBDAS["mse"].values()) / len(LAMBDAS["mse"])
+        self.mean_lambda = sum(LAMBDAS[config.metric].values()) / len(LAMBDAS[config.metric])
 
     def forward(
         self,
@@ -249,7 +249,10 @@ def evaluate(
     net: nn.Module, paths: list[Path], lmbda: float, metric: str, quality: float | None = None
 ) -> dict[str, float]:
     """Validation on full images: entropy-estimated bpp, PSNR, and the RD loss
-    ``λ·D + bpp`` the checkpoints are ranked by; a variable-rate codec at ``quality``."""
+    ``λ·D + bpp`` the checkpoints are ranked by; a variable-rate codec at ``quality``.
+    For ``ms-ssim``, also MS-SSIM and MS-SSIM in dB (``−10·log10(1 − MS-SSIM)``), with
+    the standard 11-tap window where the image is large enough (else the largest odd one
+    its five scales allow)."""
     was_training = net.training
     net.eval()
     totals: dict[str, float] = defaultdict(float)
@@ -261,7 +264,11 @@ def evaluate(
         x_hat = out["x_hat"].clamp(0, 1)
         mse = torch.mean((x_hat - x) ** 2).item()
         if metric == "ms-ssim":
-            distortion = 1 - ms_ssim(x_hat, x, data_range=1.0).item()
+            window = min(11, (min(x.shape[-2:]) - 1) // 16 + 1)
+            similarity = ms_ssim(x_hat, x, data_range=1.0, win_size=window - 1 + window % 2).item()
+            totals["ms_ssim"] += similarity
+            totals["ms_ssim_db"] += -10 * math.log10(max(1 - similarity, 1e-10))
+            distortion = 1 - similarity
         else:
             distortion = 255**2 * mse
         totals["bpp"] += bpp
@@ -628,14 +635,14 @@ class DistillationTrainer:
         if not config.qualities:
             return evaluate(net, paths, config.lmbda, config.metric)
         per_quality = {
-            f"q{q}": evaluate(net, paths, LAMBDAS["mse"][q], config.metric, quality=q)
+            f"q{q}": evaluate(net, paths, LAMBDAS[config.metric][q], config.metric, quality=q)
             for q in config.val_qualities
         }
         values = list(per_quality.values())
+        means = {key: sum(m[key] for m in values) / len(values) for key in values[0] if key != "rd_loss"}
         return {
             "rd_loss": math.exp(sum(math.log(m["rd_loss"]) for m in values) / len(values)),
-            "bpp": sum(m["bpp"] for m in values) / len(values),
-            "psnr": sum(m["psnr"] for m in values) / len(values),
+            **means,
             **per_quality,
         }
 

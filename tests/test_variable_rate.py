@@ -415,3 +415,85 @@ def test_the_channel_term_can_follow_each_image_s_lambda():
     weights = objective.lambdas[quality] / objective.mean_lambda
     assert weights.tolist() == pytest.approx([0.1099, 2.948], rel=1e-3)
     assert got.item() == pytest.approx(((weights[0] * each[0] + weights[1] * each[1]) / 2).item(), rel=1e-4)
+
+
+def test_ms_ssim_rate_distortion_per_image_is_compressai_s_at_one_lambda():
+    from compressai.losses import RateDistortionLoss
+
+    from compressai_feds.losses import PerImageRateDistortionLoss
+
+    torch.manual_seed(0)
+    x = torch.rand(2, 3, 192, 192)
+    output = {
+        "x_hat": (x + 0.05 * torch.randn_like(x)).clamp(0, 1),
+        "likelihoods": {"y": torch.rand(2, 8, 12, 12)},
+    }
+    ours = PerImageRateDistortionLoss("ms-ssim")(output, x, torch.full((2,), 8.73))
+    theirs = RateDistortionLoss(lmbda=8.73, metric="ms-ssim")(output, x)
+    assert ours["loss"].item() == pytest.approx(theirs["loss"].item(), rel=1e-5)
+    assert ours["ms_ssim_loss"].item() == pytest.approx(theirs["ms_ssim_loss"].item(), rel=1e-5)
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # as the trainer runs it: MS-SSIM stays float32
+        assert PerImageRateDistortionLoss("ms-ssim")(output, x, torch.full((2,), 8.73))["loss"].item() == (
+            ours["loss"].item()
+        )
+    # each image at its own λ, its own MS-SSIM
+    lmbda = torch.tensor([2.40, 60.50])
+    each = PerImageRateDistortionLoss("ms-ssim")(output, x, lmbda)["rd_per_image"]
+    for i in range(2):
+        alone = {
+            "x_hat": output["x_hat"][i : i + 1],
+            "likelihoods": {"y": output["likelihoods"]["y"][i : i + 1]},
+        }
+        expected = RateDistortionLoss(lmbda=lmbda[i].item(), metric="ms-ssim")(alone, x[i : i + 1])["loss"]
+        assert each[i].item() == pytest.approx(expected.item(), rel=1e-5)
+
+
+def test_ms_ssim_training_checks_its_window_against_the_crop():
+    from compressai_feds.config import TrainingConfig
+
+    with pytest.raises(ValueError, match="128 px crops take a window of at most 7 taps"):
+        TrainingConfig(metric="ms-ssim", crop_size=128, qualities=[1, 6])
+    assert TrainingConfig(metric="ms-ssim", crop_size=128, ms_ssim_window=7, qualities=[1, 6]).lmbda == 8.73
+    assert TrainingConfig(metric="ms-ssim", crop_size=176, qualities=[1, 6]).ms_ssim_window == 11
+    with pytest.raises(ValueError, match="odd number of taps"):
+        TrainingConfig(ms_ssim_window=8)
+
+
+def test_variable_rate_ms_ssim_training_validates_ms_ssim_per_quality(tmp_path):
+    """rate + λ_i (1 − MS-SSIM_i) with the MS-SSIM λ table; validation reports MS-SSIM and
+    MS-SSIM dB at each quality."""
+    from helpers import sample_crops
+    from test_trainer import TINY_STUDENT
+
+    from compressai_feds.config import Stage, TrainingConfig
+    from compressai_feds.quality import LAMBDAS
+    from compressai_feds.trainer import DistillationTrainer
+
+    config = TrainingConfig(
+        data=str(sample_crops(tmp_path / "train", size=160)),
+        val=str(sample_crops(tmp_path / "val", size=176, count=1)),
+        student_args={**TINY_STUDENT, "variable_rate": True},
+        metric="ms-ssim",
+        qualities=[1, 6],
+        stages=[Stage("rate_distortion", 2, 1e-4, 0.0, 0.0)],
+        batch_size=2,
+        crop_size=128,
+        ms_ssim_window=7,
+        workers=0,
+        log_every=1,
+    )
+    trainer = DistillationTrainer(config, tmp_path / "run", progress=False)
+    assert trainer.objective.lambdas[[1, 6]].tolist() == pytest.approx([2.40, 60.50])
+    result = trainer.train()["val"]
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert all("ms_ssim_loss" in r for r in records if "val" not in r)
+    for q in ("q1", "q6"):
+        val = result[q]
+        assert 0 < val["ms_ssim"] < 1
+        assert val["ms_ssim_db"] == pytest.approx(-10 * np.log10(1 - val["ms_ssim"]), rel=1e-6)
+        assert val["rd_loss"] == pytest.approx(
+            LAMBDAS["ms-ssim"][int(q[1])] * (1 - val["ms_ssim"]) + val["bpp"], rel=1e-6
+        )
+    assert result["ms_ssim_db"] == pytest.approx(
+        (result["q1"]["ms_ssim_db"] + result["q6"]["ms_ssim_db"]) / 2
+    )
