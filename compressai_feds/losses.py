@@ -12,10 +12,11 @@ this module adds what FEDS puts on top of it:
   count most.
 
 Both own their adapters, which exist at training time only: they are never
-part of the student's checkpoint.
+part of the student's checkpoint. :func:`reconstruction_distillation`, a decoder-side
+target that FEDS does not have, is the alternative issue 40's pilots measure beside them.
 
 :class:`PerImageRateDistortionLoss` is the rate-distortion term of variable-rate
-training, where every image of a batch has its own quality and λ.
+training, where every image of a batch has its own quality and λ (MSE or MS-SSIM).
 """
 
 from __future__ import annotations
