@@ -13,6 +13,11 @@ them. Gradients are summed over ``BATCHES`` batches of 8 crops of 128 px per qua
 the student in training mode (noise in place of rounding), as in training.
 
     OMP_NUM_THREADS=1 python zoo/pilots/feds-gradients/measure.py   # from the repository root; writes result.json
+    OMP_NUM_THREADS=1 python zoo/pilots/feds-gradients/measure.py CHECKPOINT NAME   # a trainer checkpoint
+
+A trainer checkpoint (e.g. pilot N's trunk at 4,000 steps) brings its adapters, which the fit
+continues (the standardized form's adapter starts from the spatial form's); the result is
+``result-NAME.json``.
 """
 
 import json
@@ -44,17 +49,33 @@ def crops(seed: int):
     return iter(DataLoader(dataset, batch_size=8, sampler=StreamSampler(len(dataset), 8, seed, 0, 0, 1)))
 
 
-def main() -> None:
+def main(checkpoint: Path | None, name: str) -> None:
     torch.manual_seed(0)
-    (student_path,) = exports_of(Path("zoo/v2"), "feds-student-mse")
     (teacher_path,) = exports_of(Path("zoo/v2"), "feds-teacher-mse")
-    student, teacher = load_codec(student_path).train(), load_codec(teacher_path).eval().requires_grad_(False)
+    teacher = load_codec(teacher_path).eval().requires_grad_(False)
+    if checkpoint is None:
+        (checkpoint,) = exports_of(Path("zoo/v2"), "feds-student-mse")
+    student = load_codec(checkpoint).train()
     student_channels, teacher_channels = student.feature_channels(), teacher.feature_channels()
     feature = FeatureAlignmentLoss({n: c for n, c in student_channels.items() if n != "y"}, teacher_channels)
     channels = {
         form: EntropyWeightedChannelLoss(student.M, teacher.M, form=form)
         for form in ("spatial_kl", "standardized_kl")
     }
+    adapters = torch.load(checkpoint, map_location="cpu", weights_only=True).get("adapters", {})
+    if adapters:  # as the trainer left them
+        feature.adapters.load_state_dict(
+            {
+                k.removeprefix("feature_loss.adapters."): v
+                for k, v in adapters.items()
+                if k.startswith("feature_loss.")
+            }
+        )
+        spatial = {
+            k.removeprefix("channel_loss."): v for k, v in adapters.items() if k.startswith("channel_loss.")
+        }
+        for loss in channels.values():
+            loss.load_state_dict(spatial)
     adapters = [*feature.parameters(), *(p for loss in channels.values() for p in loss.parameters())]
     optimizer = torch.optim.Adam(adapters, lr=1e-3)
     batches = crops(seed=1)
@@ -122,7 +143,7 @@ def main() -> None:
             for name, by_part in sums.items()
         }
         print(f"q{q} done", file=sys.stderr)
-    (HERE / "result.json").write_text(json.dumps(result, indent=1) + "\n")
+    (HERE / f"{name}.json").write_text(json.dumps(result, indent=1) + "\n")
     for part in parts:
         print(f"\n{part}: norm / RD's, cosine with the rate's gradient, cosine with RD's (q1 | q3 | q6)")
         for name in result["q1"]:
@@ -136,4 +157,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    main(
+        Path(sys.argv[1]) if len(sys.argv) > 1 else None,
+        f"result-{sys.argv[2]}" if len(sys.argv) > 2 else "result",
+    )

@@ -12,9 +12,12 @@ checkpoint at 4,000 (``trunk-4000``) instead of training them again.
     python zoo/pilots/feds-terms/run.py ARM [ARM]            # from the repository root: trains side by side
     python zoo/pilots/feds-terms/run.py ARM --until 4000     # stops there (the trunk's branch point)
     python zoo/pilots/feds-terms/run.py --table              # the table of zoo/README.md
+    python zoo/pilots/feds-terms/run.py --keep ARM trunk-4000  # their checkpoints, to commit
 
 Each arm's run lives in ``runs/pilots/feds-terms/ARM`` (its checkpoint resumes exactly); its
-``config.json`` and ``metrics.jsonl`` are copied beside this file when it stops.
+``config.json`` and ``metrics.jsonl`` are copied beside this file when it stops. On a fresh
+clone an arm resumes from ``checkpoints/ARM.pth.tar`` (and branches from
+``checkpoints/trunk-4000.pth.tar``), where ``--keep`` put them.
 """
 
 import argparse
@@ -58,6 +61,8 @@ ARMS: dict[str, tuple[bool, list[Stage], dict]] = {
     "reconstruction": (True, schedule(0.3, 0.0, reconstruction_weight=0.5), {}),
 }
 TRUNK = "feature-only"
+TRUNK_AT_BRANCH = f"trunk-{BRANCH_STEP}"
+KEPT = PILOT / "checkpoints"
 
 
 def arm_config(campaign: Campaign, arm: str, until: int | None) -> TrainingConfig:
@@ -80,12 +85,33 @@ def arm_config(campaign: Campaign, arm: str, until: int | None) -> TrainingConfi
     )
 
 
+def restore(name: str) -> None:
+    """On a fresh clone: the run folder of ``name`` (an arm or ``trunk-4000``) from its committed
+    checkpoint (``checkpoints/NAME.pth.tar``, see ``--keep``) and the log beside this file."""
+    run, kept = RUNS / name, KEPT / f"{name}.pth.tar"
+    if (run / "checkpoint.pth.tar").is_file() or not kept.is_file():
+        return
+    run.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(kept, run / "checkpoint.pth.tar")
+    log = PILOT / (TRUNK if name == TRUNK_AT_BRANCH else name) / "metrics.jsonl"
+    if log.is_file():  # the trainer drops the records after the checkpoint's step
+        shutil.copyfile(log, run / "metrics.jsonl")
+
+
+def keep(name: str) -> None:
+    """Copies the latest checkpoint of ``name`` where it is committed (``checkpoints/``)."""
+    KEPT.mkdir(exist_ok=True)
+    shutil.copyfile(RUNS / name / "checkpoint.pth.tar", KEPT / f"{name}.pth.tar")
+
+
 def branch(arm: str) -> None:
-    """Starts ``arm`` from the trunk's checkpoint at ``BRANCH_STEP`` (kept as ``trunk-4000``)."""
+    """Starts ``arm`` from the trunk's checkpoint at ``BRANCH_STEP`` (``trunk-4000``)."""
+    restore(arm)
     checkpoint = RUNS / arm / "checkpoint.pth.tar"
     if arm == TRUNK or checkpoint.is_file() or not ARMS[arm][0]:
         return
-    source = RUNS / f"trunk-{BRANCH_STEP}"
+    restore(TRUNK_AT_BRANCH)
+    source = RUNS / TRUNK_AT_BRANCH
     if not source.is_dir():
         raise SystemExit(f"{arm} branches from {source}: train {TRUNK} with --until {BRANCH_STEP} first")
     shutil.copytree(source, RUNS / arm)
@@ -142,19 +168,30 @@ def main() -> None:
     parser.add_argument("arms", nargs="*", help=f"of {', '.join(ARMS)}")
     parser.add_argument("--until", type=int, help="stop every arm at this step")
     parser.add_argument("--table", action="store_true", help="print the table of the arms validated so far")
+    parser.add_argument(
+        "--keep",
+        action="store_true",
+        help=f"commit-ready: copy the named runs' checkpoints (or {TRUNK_AT_BRANCH}'s)",
+    )
     args = parser.parse_args()
     if args.table:
         table()
         return
-    unknown = set(args.arms) - set(ARMS)
+    unknown = set(args.arms) - set(ARMS) - ({TRUNK_AT_BRANCH} if args.keep else set())
     if unknown or not args.arms:
         parser.error(f"name arms of {', '.join(ARMS)} (unknown: {', '.join(sorted(unknown)) or 'none'})")
+    if args.keep:
+        for name in args.arms:
+            keep(name)
+        return
     campaign = Campaign(Recipe.load("zoo/recipe.json"), "runs/campaign", "zoo", progress=False)
+    if not DATA.is_dir():
+        campaign.prepare_data()
     for arm in args.arms:
         branch(arm)
     train_side_by_side(PILOT, {arm: arm_config(campaign, arm, args.until) for arm in args.arms})
-    if TRUNK in args.arms and args.until == BRANCH_STEP and not (RUNS / f"trunk-{BRANCH_STEP}").exists():
-        shutil.copytree(RUNS / TRUNK, RUNS / f"trunk-{BRANCH_STEP}")
+    if TRUNK in args.arms and args.until == BRANCH_STEP and not (RUNS / TRUNK_AT_BRANCH).exists():
+        shutil.copytree(RUNS / TRUNK, RUNS / TRUNK_AT_BRANCH)
 
 
 if __name__ == "__main__":
