@@ -187,3 +187,13 @@ def test_the_wheel_ships_the_package_the_zoo_weights_and_model_card_and_installs
         timeout=300,
     )
     assert encoded.returncode == 0 and "bpp" in encoded.stdout, encoded.stderr
+
+
+def test_v1_s_fixed_rate_files_load_from_the_repository_s_zoo_folder(monkeypatch):
+    """v1 no longer ships; a checkout still loads its twelve files with COMPRESSAI_FEDS_ZOO=zoo."""
+    monkeypatch.setenv(CHECKPOINT_DIR_ENV, str(Path(__file__).resolve().parent.parent / "zoo"))
+    assert not feds_student(quality=1, pretrained=True).variable_rate
+    with pytest.raises(FileNotFoundError, match="quality=2.5"):
+        feds_student(quality=2.5, pretrained=True)  # v1 serves whole qualities only
+    monkeypatch.delenv(CHECKPOINT_DIR_ENV)
+    assert feds_student(quality=2.5, pretrained=True).variable_rate  # the shipped zoo: v2
