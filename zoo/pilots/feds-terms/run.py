@@ -23,6 +23,7 @@ clone an arm resumes from ``checkpoints/ARM.pth.tar`` (and branches from
 import argparse
 import json
 import shutil
+import statistics
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -117,13 +118,25 @@ def branch(arm: str) -> None:
     shutil.copytree(source, RUNS / arm)
 
 
-def validations(arm: str) -> dict[int, dict]:
-    """The arm's validation at each step (from its run folder while there is one, else from
-    the copy beside this file): the better (geometric-mean RD loss) of its raw and averaged
-    weights, as the trainer keeps."""
-    path = next(
+def log_path(arm: str) -> Path | None:
+    """The arm's log: in its run folder while there is one, else the copy beside this file."""
+    return next(
         (p for p in (RUNS / arm / "metrics.jsonl", PILOT / arm / "metrics.jsonl") if p.is_file()), None
     )
+
+
+def seconds_per_step(arm: str) -> float:
+    """Median time of a training step over the arm's 50-step windows (those with a validation
+    or a checkpoint in them count for little in a median)."""
+    path = log_path(arm)
+    records = map(json.loads, path.read_text().splitlines()) if path else []
+    return statistics.median(1 / r["it_per_s"] for r in records if r.get("it_per_s"))
+
+
+def validations(arm: str) -> dict[int, dict]:
+    """The arm's validation at each step: the better (geometric-mean RD loss) of its raw and
+    averaged weights, as the trainer keeps."""
+    path = log_path(arm)
     if path is None:
         return {}
     found = {}
@@ -141,23 +154,38 @@ def curve(name: str, val: dict) -> Curve:
     )
 
 
+def bd_cell(anchor: dict, val: dict, arm: str) -> str:
+    try:
+        return f"{bd_rate(curve('no-teacher', anchor), curve(arm, val)):+.2f}%"
+    except CurveError as exc:
+        return exc.reason
+
+
 def table() -> None:
-    """Each arm at each validated step against no teacher at equal steps: RD loss per quality
-    (relative), BD-rate of the six validation points."""
+    """Each arm at each validated step against no teacher: at equal steps (RD loss per quality,
+    relative; BD-rate of the six validation points) and at equal CPU time (BD-rate against the
+    no-teacher validation with the most steps done in at most the arm's CPU time). CPU hours:
+    one thread, the arm's median step time."""
     anchor = validations("no-teacher")
-    print("| arm | step | RD loss q1..q6 | vs no teacher, q1..q6 | BD-rate vs no teacher |")
-    print("|---|---|---|---|---|")
+    anchor_cost = seconds_per_step("no-teacher") if anchor else 0.0
+    print(
+        "| arm | step | CPU h | RD loss q1..q6 | vs no teacher at equal steps, q1..q6 | BD-rate, equal steps "
+        "| BD-rate, equal CPU (no teacher's step) |"
+    )
+    print("|---|---|---|---|---|---|---|")
     for arm in ARMS:
-        for step, val in sorted(validations(arm).items()):
+        found = validations(arm)
+        cost = seconds_per_step(arm) if found else 0.0
+        for step, val in sorted(found.items()):
             rd = [val[f"q{q}"]["rd_loss"] for q in range(1, 7)]
-            cells = [" / ".join(f"{v:.4f}" for v in rd), "", ""]
+            cells = [f"{step * cost / 3600:.2f}", " / ".join(f"{v:.4f}" for v in rd), "", "", ""]
             if arm != "no-teacher" and step in anchor:
                 base = [anchor[step][f"q{q}"]["rd_loss"] for q in range(1, 7)]
-                cells[1] = " / ".join(f"{(v / b - 1) * 100:+.1f}%" for v, b in zip(rd, base, strict=True))
-                try:
-                    cells[2] = f"{bd_rate(curve('no-teacher', anchor[step]), curve(arm, val)):+.2f}%"
-                except CurveError as exc:
-                    cells[2] = exc.reason
+                cells[2] = " / ".join(f"{(v / b - 1) * 100:+.1f}%" for v, b in zip(rd, base, strict=True))
+                cells[3] = bd_cell(anchor[step], val, arm)
+            affordable = [s for s in anchor if s * anchor_cost <= step * cost]
+            if arm != "no-teacher" and affordable:
+                cells[4] = f"{bd_cell(anchor[max(affordable)], val, arm)} ({max(affordable):,})"
             print(f"| {arm} | {step:,} | " + " | ".join(cells) + " |")
 
 
