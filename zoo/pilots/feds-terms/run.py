@@ -106,16 +106,17 @@ def keep(name: str) -> None:
 
 
 def branch(arm: str) -> None:
-    """Starts ``arm`` from the trunk's checkpoint at ``BRANCH_STEP`` (``trunk-4000``)."""
+    """Starts ``arm`` from the trunk's checkpoint at ``BRANCH_STEP`` (``trunk-4000``) unless it
+    has a checkpoint of its own; the trunk itself starts from scratch while there is none."""
     restore(arm)
-    checkpoint = RUNS / arm / "checkpoint.pth.tar"
-    if arm == TRUNK or checkpoint.is_file() or not ARMS[arm][0]:
+    if (RUNS / arm / "checkpoint.pth.tar").is_file() or not ARMS[arm][0]:
         return
     restore(TRUNK_AT_BRANCH)
     source = RUNS / TRUNK_AT_BRANCH
-    if not source.is_dir():
+    if source.is_dir():
+        shutil.copytree(source, RUNS / arm, dirs_exist_ok=True)
+    elif arm != TRUNK:
         raise SystemExit(f"{arm} branches from {source}: train {TRUNK} with --until {BRANCH_STEP} first")
-    shutil.copytree(source, RUNS / arm)
 
 
 def log_path(arm: str) -> Path | None:
