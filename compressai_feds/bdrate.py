@@ -1,6 +1,6 @@
 """Bjøntegaard deltas between rate-distortion curves, from CompressAI results JSON.
 
-    compressai-feds bd-rate ANCHOR.json TEST.json [TEST2.json ...] [--metric psnr-rgb]
+    compressai-feds bd-rate ANCHOR.json TEST.json [TEST2.json ...] [--metric psnr-rgb | ms-ssim-db]
 
 BD-rate is the average rate difference, in percent, between two curves at equal
 quality; BD-PSNR the average quality difference at equal rate (Bjøntegaard,
@@ -22,9 +22,27 @@ from pathlib import Path
 import numpy as np
 from scipy.interpolate import PchipInterpolator
 
-__all__ = ["Curve", "bd_psnr", "bd_rate", "load_curve"]
+__all__ = ["Curve", "bd_psnr", "bd_rate", "load_curve", "ms_ssim_db", "quality_values"]
 
 MIN_POINTS = 4
+#: The quality axis CompressAI's MS-SSIM curves are drawn on; computed from ``ms-ssim-rgb``.
+MS_SSIM_DB = "ms-ssim-db"
+
+
+def ms_ssim_db(value: float) -> float:
+    """MS-SSIM in decibels, ``−10·log10(1 − MS-SSIM)``: the axis on which CompressAI plots
+    and compares MS-SSIM, spread out near 1."""
+    return -10 * math.log10(1 - value)
+
+
+def quality_values(results: dict, axis: str) -> list:
+    """The ``axis`` values of CompressAI results (``psnr-rgb``, ``ms-ssim-rgb``, or
+    ``ms-ssim-db`` computed from ``ms-ssim-rgb``); ``KeyError`` names what is missing."""
+    if axis == MS_SSIM_DB:
+        return [
+            (ms_ssim_db(v) if v < 1 else math.inf) if _is_number(v) else v for v in results["ms-ssim-rgb"]
+        ]
+    return results[axis]
 
 
 class CurveError(ValueError):
@@ -86,7 +104,8 @@ def _fmt(values: tuple[float, ...]) -> str:
 
 def load_curve(path: str | Path, metric: str = "psnr-rgb") -> Curve:
     """The ``bpp`` / ``metric`` curve of a CompressAI results JSON file
-    (``{"name": ..., "results": {"bpp": [...], "psnr-rgb": [...]}}``)."""
+    (``{"name": ..., "results": {"bpp": [...], "psnr-rgb": [...]}}``); ``metric`` is one of
+    its keys or ``ms-ssim-db`` (:func:`quality_values`)."""
     path = Path(path)
     try:
         data = json.loads(path.read_text())
@@ -97,10 +116,13 @@ def load_curve(path: str | Path, metric: str = "psnr-rgb") -> Curve:
     results = data.get("results") if isinstance(data, dict) else None
     if not isinstance(results, dict) or "bpp" not in results:
         raise ValueError(f'{path}: not a CompressAI results file (no "results": {{"bpp": [...]}})')
-    if metric not in results:
-        raise ValueError(f"{path}: no {metric!r} values; it has {sorted(k for k in results if k != 'bpp')}")
+    try:
+        values = results["bpp"], quality_values(results, metric)
+    except KeyError:
+        raise ValueError(
+            f"{path}: no {metric!r} values; it has {sorted(k for k in results if k != 'bpp')}"
+        ) from None
     name = data.get("name") or path.stem
-    values = results["bpp"], results[metric]
     if not all(isinstance(v, list) and all(_is_number(x) for x in v) for v in values):
         raise ValueError(f"{path}: bpp and {metric} must be lists of numbers")
     return Curve.from_points(str(name), *values)
@@ -152,7 +174,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("anchor", type=Path, help="results JSON of the reference codec")
     parser.add_argument("tests", nargs="+", type=Path, help="results JSON of the codecs compared with it")
-    parser.add_argument("--metric", default="psnr-rgb", help="quality metric of the JSON (default: psnr-rgb)")
+    parser.add_argument(
+        "--metric",
+        default="psnr-rgb",
+        help="quality metric of the JSON, or ms-ssim-db (MS-SSIM in dB, from ms-ssim-rgb; default: psnr-rgb)",
+    )
     return parser
 
 
@@ -167,7 +193,7 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    unit = "dB" if "psnr" in args.metric else ""
+    unit = "dB" if "psnr" in args.metric or args.metric == MS_SSIM_DB else ""
     width = max(len(name) for name, _, _ in rows)
     print(f"anchor: {anchor.name} ({args.metric})")
     print(f"{'codec':{width}}  {'BD-rate':>9}  {'BD-' + args.metric:>14}")

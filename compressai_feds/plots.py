@@ -191,10 +191,17 @@ def _colour(name: str) -> str:
     return next((colour for family, colour in FAMILY_COLOURS.items() if key.startswith(family)), "black")
 
 
-def _draw_curves(ax, runs: list[CodecRun], published: list[tuple[str, Curve]], ours: list[str]) -> None:
+def _draw_curves(
+    ax,
+    runs: list[CodecRun],
+    published: list[tuple[str, Curve]],
+    ours: list[str],
+    axis: str = "psnr-rgb",
+    axis_name: str = "PSNR RGB (dB)",
+) -> None:
     for run in runs:
         bpp = [p["bpp"] for p in run.points]
-        psnr = [p["psnr-rgb"] for p in run.points]
+        quality = run.quality(axis)
         order = np.argsort(bpp)
         if run.kind == "ours":
             style = {"linewidth": 2.2, **our_style(ours.index(run.name))}
@@ -204,7 +211,7 @@ def _draw_curves(ax, runs: list[CodecRun], published: list[tuple[str, Curve]], o
                 "marker": "s" if run.name.endswith("4:4:4") else ".",
                 "color": _colour(run.name),
             }
-        ax.plot(np.array(bpp)[order], np.array(psnr)[order], label=f"{run.name} (measured)", **style)
+        ax.plot(np.array(bpp)[order], np.array(quality)[order], label=f"{run.name} (measured)", **style)
     for label, curve in published:
         ax.plot(
             curve.rate,
@@ -215,20 +222,27 @@ def _draw_curves(ax, runs: list[CodecRun], published: list[tuple[str, Curve]], o
             label=label,
             color=_colour(label),
         )
-    ax.set(xlabel="bits per pixel", ylabel="PSNR RGB (dB)")
+    ax.set(xlabel="bits per pixel", ylabel=axis_name)
     ax.grid(alpha=0.3)
 
 
-def plot_rd(runs: list[CodecRun], published: list[tuple[str, Curve]], output: Path, title: str) -> None:
-    """The RD plot: every curve up to 2 bpp and, when our codecs were measured,
-    a second panel zoomed on the rates they span."""
+def plot_rd(
+    runs: list[CodecRun],
+    published: list[tuple[str, Curve]],
+    output: Path,
+    title: str,
+    axis: str = "psnr-rgb",
+    axis_name: str = "PSNR RGB (dB)",
+) -> None:
+    """The RD plot, qualities on ``axis`` (named ``axis_name``): every curve up to 2 bpp and,
+    when our codecs were measured, a second panel zoomed on the rates they span."""
     plt = _pyplot()
 
     ours = [run.name for run in runs if run.kind == "ours"]
     ours_points = [p for run in runs if run.kind == "ours" for p in run.points]
     fig, axes = plt.subplots(1, 2 if ours_points else 1, figsize=(15 if ours_points else 8, 6), squeeze=False)
     for ax in axes[0]:
-        _draw_curves(ax, runs, published, ours)
+        _draw_curves(ax, runs, published, ours, axis, axis_name)
     full = axes[0][0]
     measured_bpp = [p["bpp"] for run in runs for p in run.points]
     if measured_bpp:
@@ -238,9 +252,9 @@ def plot_rd(runs: list[CodecRun], published: list[tuple[str, Curve]], output: Pa
     if ours_points:
         zoom = axes[0][1]
         low, high = min(p["bpp"] for p in ours_points), max(p["bpp"] for p in ours_points)
-        psnr = [p["psnr-rgb"] for p in ours_points]
+        quality = [q for run in runs if run.kind == "ours" for q in run.quality(axis)]
         zoom.set_xlim(low / 1.5, high * 1.5)
-        zoom.set_ylim(min(psnr) - 3, max(psnr) + 4)
+        zoom.set_ylim(min(quality) - 3, max(quality) + 4)
         zoom.set_title("zoomed on our codecs' rates")
     fig.tight_layout()
     fig.savefig(output, dpi=110)

@@ -3,6 +3,7 @@ same images in one run, with BD-rates and an RD plot.
 
     compressai-feds report IMAGES/ -o report/ [-a feds-student feds-teacher] [-q 1,2,3,4,5,6]
                            [--checkpoint CKPT ... --label NAME]... [--reference DIR] [--untrained]
+                           [-m mse | ms-ssim]
 
 Every codec really codes every image: ours write ``.feds`` files (rate: the
 file's bytes, container included; quality: the decoded 8-bit image), the
@@ -11,7 +12,9 @@ files at a sweep of quality settings. Writes ``results/<codec>.json`` in
 CompressAI's results format, ``rd.png`` (ours solid, measured classics dashed,
 published curves of ``--reference`` dotted) and ``report.md`` (BD-rates
 against the measured AVIF curve and every published curve found, BD-rates
-between our codecs, speed table).
+between our codecs, speed table). ``-m ms-ssim`` takes our zoo's MS-SSIM models and
+compares every curve in MS-SSIM dB (``−10·log10(1 − MS-SSIM)``) against CompressAI's
+published MS-SSIM curves.
 """
 
 from __future__ import annotations
@@ -35,22 +38,28 @@ from PIL import Image, features
 from pytorch_msssim import ms_ssim
 from tqdm import tqdm
 
-from .bdrate import Curve, CurveError, bd_psnr, bd_rate
+from .bdrate import MS_SSIM_DB, Curve, CurveError, bd_psnr, bd_rate, quality_values
 from .images import SAMPLES, image_paths, open_image, psnr, rgb_image
 from .plots import plot_rd
 from .quality import QUALITIES
 
 __all__ = ["CodecRun", "classic_codecs", "learned_codecs", "measure", "write_report"]
 
-#: Published curves drawn (dotted) and ranked when ``--reference`` holds them.
+#: Published curves drawn (dotted) and ranked when ``--reference`` holds them, by metric:
+#: the classic codecs' files hold both qualities; CompressAI's models were trained for one.
 PUBLISHED = {
-    "vtm.json": "VTM (published)",
-    "bpg_444_x265_ycbcr.json": "BPG 4:4:4 (published)",
-    "av1.json": "AV1 (published)",
-    "compressai-mbt2018-mean_mse_cpu.json": "mbt2018-mean (published)",
-    "webp.json": "WebP (published)",
-    "jpeg.json": "JPEG (published)",
+    metric: {
+        "vtm.json": "VTM (published)",
+        "bpg_444_x265_ycbcr.json": "BPG 4:4:4 (published)",
+        "av1.json": "AV1 (published)",
+        f"compressai-mbt2018-mean_{metric}_cpu.json": f"mbt2018-mean{suffix} (published)",
+        "webp.json": "WebP (published)",
+        "jpeg.json": "JPEG (published)",
+    }
+    for metric, suffix in (("mse", ""), ("ms-ssim", " for MS-SSIM"))
 }
+#: The quality axis of each metric's report: a key of the results (or MS-SSIM dB) and its name.
+AXES = {"mse": ("psnr-rgb", "PSNR RGB (dB)"), "ms-ssim": (MS_SSIM_DB, "MS-SSIM RGB (dB)")}
 #: Published curves beside the repository (a checkout's ``../shared``), wherever the command runs.
 DEFAULT_REFERENCE = Path(__file__).resolve().parent.parent.parent / "shared" / "reference" / "rd-kodak"
 MIN_MS_SSIM_SIDE = 161  # five scales of an 11-tap window
@@ -86,10 +95,12 @@ class CodecRun:
             "results": results,
         }
 
-    def curve(self) -> Curve:
-        return Curve.from_points(
-            self.name, [p["bpp"] for p in self.points], [p["psnr-rgb"] for p in self.points]
-        )
+    def quality(self, axis: str = "psnr-rgb") -> list[float]:
+        """Each point's quality on ``axis`` (:func:`~.bdrate.quality_values`)."""
+        return quality_values({k: [p[k] for p in self.points] for k in self.points[0]}, axis)
+
+    def curve(self, axis: str = "psnr-rgb") -> Curve:
+        return Curve.from_points(self.name, [p["bpp"] for p in self.points], self.quality(axis))
 
 
 def _pillow_setting(image_format: str, quality: int, **options) -> Setting:
@@ -137,9 +148,10 @@ def learned_codecs(
     qualities: list[int],
     curves: dict[str, list[Path]],
     untrained: bool = False,
+    metric: str = "mse",
 ) -> tuple[list[CodecRun], list[str]]:
-    """Our codecs: each architecture at each quality from the zoo (or untrained
-    weights), and one more curve per entry of ``curves`` (label ->
+    """Our codecs: each architecture at each quality from the zoo's models for ``metric`` (or
+    untrained weights), and one more curve per entry of ``curves`` (label ->
     checkpoints; a variable-rate checkpoint gives its curve a point at each quality).
     Returns the runs and one note per quality skipped for want of a checkpoint."""
     from compressai.zoo import image_models
@@ -157,9 +169,11 @@ def learned_codecs(
                 codec = Codec.untrained(architecture, quality)
             else:
                 try:
-                    codec = Codec.from_zoo(architecture, quality)
+                    codec = Codec.from_zoo(architecture, quality, metric)
                 except CodecError:
-                    notes.append(f"{architecture} quality {quality}: no pretrained checkpoint, skipped")
+                    notes.append(
+                        f"{architecture} quality {quality}: no pretrained {metric} checkpoint, skipped"
+                    )
                     continue
             settings.append(_learned_setting(codec, f"quality {quality}"))
         if settings:
@@ -233,15 +247,16 @@ def measure(runs: list[CodecRun], images: list[Image.Image], progress: bool = Tr
                 )
 
 
-def published_curves(reference: Path | None) -> list[tuple[str, Curve]]:
-    """The published curves of :data:`PUBLISHED` found in ``reference``."""
+def published_curves(reference: Path | None, metric: str = "mse") -> list[tuple[str, Curve]]:
+    """The published curves of :data:`PUBLISHED` for ``metric`` found in ``reference``, on
+    its quality axis."""
     if reference is None or not reference.is_dir():
         return []
     from .bdrate import load_curve
 
     return [
-        (label, load_curve(reference / name))
-        for name, label in PUBLISHED.items()
+        (label, load_curve(reference / name, AXES[metric][0]))
+        for name, label in PUBLISHED[metric].items()
         if (reference / name).is_file()
     ]
 
@@ -274,9 +289,9 @@ def _bd_table(rows: list[tuple[str, Curve | str]], anchors: dict[str, Curve | st
     return lines
 
 
-def _curve_or_reason(run: CodecRun) -> Curve | str:
+def _curve_or_reason(run: CodecRun, axis: str) -> Curve | str:
     try:
-        return run.curve()
+        return run.curve(axis)
     except CurveError as exc:
         return exc.reason
 
@@ -294,21 +309,26 @@ def write_report(
     images: list[Path],
     notes: list[str],
     command: str,
+    metric: str = "mse",
 ) -> str:
-    """Writes the results JSON, the plot and ``report.md``; returns the markdown."""
+    """Writes the results JSON, the plot and ``report.md`` (qualities on ``metric``'s axis,
+    :data:`AXES`); returns the markdown."""
+    axis, axis_name = AXES[metric]
     results = out / "results"
     results.mkdir(parents=True, exist_ok=True)
     for run in runs:
         (results / f"{_file_name(run.name)}.json").write_text(json.dumps(run.results(), indent=2) + "\n")
-    plot_rd(runs, published, out / "rd.png", f"{len(images)} images from {images[0].parent.name}/")
+    title = f"{len(images)} images from {images[0].parent.name}/"
+    plot_rd(runs, published, out / "rd.png", title, axis, axis_name)
 
     curves: list[tuple[str, Curve | str]] = [
-        (run.name + " (measured)", _curve_or_reason(run)) for run in runs
+        (run.name + " (measured)", _curve_or_reason(run, axis)) for run in runs
     ]
     curves += published
     avif = next((c for name, c in curves if name == "AVIF (measured)" and isinstance(c, Curve)), None)
     anchors: dict[str, Curve | None] = {"AVIF (measured)": avif, **dict(published)}
-    ours = [(run.name + " (measured)", _curve_or_reason(run)) for run in runs if run.kind == "ours"]
+    ours = [(run.name + " (measured)", _curve_or_reason(run, axis)) for run in runs if run.kind == "ours"]
+    quality = "PSNR" if metric == "mse" else "MS-SSIM (dB)"
     lines = [
         "# Rate-distortion and speed report",
         "",
@@ -319,7 +339,7 @@ def write_report(
         "",
         f"Command: `{command}`",
         "",
-        "## BD-rate (negative: fewer bits at equal PSNR; in brackets BD-PSNR)",
+        f"## BD-rate (negative: fewer bits at equal {quality}; in brackets the {quality} gained at equal rate)",
         "",
         *_bd_table(curves, anchors),
     ]
@@ -384,6 +404,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--reference", type=Path, help=f"published curves (default: {DEFAULT_REFERENCE} if it exists)"
     )
+    parser.add_argument(
+        "-m",
+        "--metric",
+        choices=sorted(AXES),
+        default="mse",
+        help="our zoo's models for this metric, and the quality axis: PSNR (mse) or MS-SSIM in dB",
+    )
     parser.add_argument("--no-classic", action="store_true", help="leave out JPEG/WebP/AVIF")
     parser.add_argument("--untrained", action="store_true", help="untrained weights (speed only)")
     parser.add_argument("--no-progress", action="store_true")
@@ -399,8 +426,14 @@ def main(argv: list[str] | None = None) -> int:
             raise ValueError(f"qualities must be in {QUALITIES[0]}..{QUALITIES[-1]}, got {args.qualities}")
         paths = image_paths(args.images, SAMPLES)
         images = [_rgb(p) for p in paths]
+        if args.metric == "ms-ssim" and min(min(image.size) for image in images) < MIN_MS_SSIM_SIDE:
+            raise ValueError(f"MS-SSIM's five scales need images of at least {MIN_MS_SSIM_SIDE} px a side")
         runs, notes = learned_codecs(
-            args.architectures, qualities, checkpoint_curves(args.checkpoint, args.label), args.untrained
+            args.architectures,
+            qualities,
+            checkpoint_curves(args.checkpoint, args.label),
+            args.untrained,
+            args.metric,
         )
         if not args.no_classic:
             runs += classic_codecs()
@@ -409,7 +442,7 @@ def main(argv: list[str] | None = None) -> int:
         reference = args.reference or (DEFAULT_REFERENCE if DEFAULT_REFERENCE.is_dir() else None)
         if args.reference is not None and not args.reference.is_dir():
             raise FileNotFoundError(f"reference folder {args.reference} does not exist")
-        published = published_curves(reference)
+        published = published_curves(reference, args.metric)
     except (ValueError, FileNotFoundError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
@@ -417,7 +450,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"note: {note}", file=sys.stderr)
     measure(runs, images, progress=not args.no_progress)
     text = write_report(
-        runs, published, args.output, paths, notes, "compressai-feds report " + shlex.join(argv)
+        runs, published, args.output, paths, notes, "compressai-feds report " + shlex.join(argv), args.metric
     )
     print(text.split("## Points")[0].rstrip())
     print(f"\nwrote {args.output / 'report.md'}, {args.output / 'rd.png'}, {args.output / 'results'}/")

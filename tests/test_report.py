@@ -14,7 +14,15 @@ from compressai_feds import FEDSStudent
 from compressai_feds.bdrate import Curve
 from compressai_feds.codec import Codec, compress_image
 from compressai_feds.plots import _draw_curves, _pyplot
-from compressai_feds.report import CodecRun, Setting, checkpoint_curves, learned_codecs, main, write_report
+from compressai_feds.report import (
+    CodecRun,
+    Setting,
+    checkpoint_curves,
+    learned_codecs,
+    main,
+    published_curves,
+    write_report,
+)
 
 TINY = {"N": 16, "M": 32, "groups": (8, 24)}
 
@@ -178,3 +186,49 @@ def test_every_one_of_our_curves_gets_its_own_look_in_the_rd_plot():
     plt.close(fig)
     assert len(set(looks[:7])) == 7, looks
     assert looks[7][0] == "tab:purple"
+
+
+def test_an_ms_ssim_report_ranks_curves_in_ms_ssim_db_against_the_published_ms_ssim_curves(tmp_path):
+    """``-m ms-ssim``: CompressAI's curve of the model trained for MS-SSIM, not the MSE one,
+    and every BD figure on MS-SSIM dB = −10·log10(1 − MS-SSIM)."""
+    rates = [0.1, 0.2, 0.4, 0.8]
+    db = [10.0, 12.0, 14.0, 16.0]  # 2 dB per doubling of the rate
+    ms_ssim = [1 - 10 ** (-d / 10) for d in db]
+    reference = tmp_path / "reference"
+    reference.mkdir()
+    for metric, scale in (("mse", 4.0), ("ms-ssim", 2.0)):
+        results = {"bpp": [scale * r for r in rates], "psnr-rgb": [30.0, 31, 32, 33], "ms-ssim-rgb": ms_ssim}
+        (reference / f"compressai-mbt2018-mean_{metric}_cpu.json").write_text(
+            json.dumps({"results": results})
+        )
+    published = published_curves(reference, "ms-ssim")
+    assert [label for label, _ in published] == ["mbt2018-mean for MS-SSIM (published)"]
+    assert published[0][1].quality == pytest.approx(db)
+    points = [
+        {"bpp": r, "psnr-rgb": 20.0 + i, "ms-ssim-rgb": m, "encoding_time": 0.1, "decoding_time": 0.1,
+         "megapixels": 0.4}
+        for i, (r, m) in enumerate(zip(rates, ms_ssim, strict=True))
+    ]  # fmt: skip
+    runs = [CodecRun("feds-student", "ours", [Setting(f"q{k}", bytes, Image.open) for k in range(4)], points)]
+    report = write_report(runs, published, tmp_path / "out", [tmp_path / "a.png"], [], "report", "ms-ssim")
+    assert "fewer bits at equal MS-SSIM (dB)" in report
+    row = next(line for line in report.splitlines() if line.startswith("| feds-student (measured) |"))
+    assert row.endswith("| -50.0% (+2.00 dB) |")  # half the rate of the MS-SSIM model's curve
+
+
+def test_an_ms_ssim_report_needs_images_large_enough_for_five_scales(tmp_path, capsys):
+    images = sample_crops(tmp_path / "small", size=96)
+    assert main([str(images), "-m", "ms-ssim", "-a", "--no-progress", "-o", str(tmp_path / "out")]) == 1
+    err = capsys.readouterr().err
+    assert err.strip() == "error: MS-SSIM's five scales need images of at least 161 px a side"
+
+
+def test_an_ms_ssim_report_codes_and_plots_on_ms_ssim_db(setup, tmp_path, capsys):
+    _, images, checkpoints = setup
+    out = tmp_path / "out"
+    args = [str(images), "-a", "--checkpoint", *map(str, checkpoints), "--label", "x", "-m", "ms-ssim"]
+    assert main([*args, "--no-classic", "--no-progress", "-o", str(out)]) == 0
+    assert "fewer bits at equal MS-SSIM (dB)" in (out / "report.md").read_text()
+    assert (out / "rd.png").stat().st_size > 10_000
+    results = json.loads((out / "results" / "x.json").read_text())["results"]
+    assert len(results["ms-ssim-rgb"]) == 2 and all(0 < v < 1 for v in results["ms-ssim-rgb"])
