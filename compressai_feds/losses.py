@@ -148,9 +148,10 @@ class EntropyWeightedChannelLoss(nn.Module):
 
     ``form="spatial_kl"`` compares the latents as they are: a peaked teacher channel
     asks for a peaked, large student one, and the student pays for its scale in bits
-    (``zoo/README.md``, issue 40: this form pulled against the rate). ``"standardized_kl"``
-    compares them after :func:`standardize_channels`, on where each channel is high and
-    low only, which leaves the scale, and so the rate, to the rate-distortion term.
+    (its gradient on the encoder pulled against the rate's: ``zoo/README.md``, issue 40).
+    ``"standardized_kl"`` compares them after :func:`standardize_channels`, on where each
+    channel is high and low only, which leaves the scale to the rate-distortion term; it
+    still pulled against the rate, less at q1 and as much at q3 and q6.
 
     Args:
         student_channels: Latent channels of the student.
