@@ -49,7 +49,7 @@ def crops(seed: int):
     return iter(DataLoader(dataset, batch_size=8, sampler=StreamSampler(len(dataset), 8, seed, 0, 0, 1)))
 
 
-def main(checkpoint: Path | None, name: str) -> None:
+def main(checkpoint: Path | None, result_name: str) -> None:
     torch.manual_seed(0)
     (teacher_path,) = exports_of(Path("zoo/v2"), "feds-teacher-mse")
     teacher = load_codec(teacher_path).eval().requires_grad_(False)
@@ -143,7 +143,7 @@ def main(checkpoint: Path | None, name: str) -> None:
             for name, by_part in sums.items()
         }
         print(f"q{q} done", file=sys.stderr)
-    (HERE / f"{name}.json").write_text(json.dumps(result, indent=1) + "\n")
+    (HERE / f"{result_name}.json").write_text(json.dumps(result, indent=1) + "\n")
     for part in parts:
         print(f"\n{part}: norm / RD's, cosine with the rate's gradient, cosine with RD's (q1 | q3 | q6)")
         for name in result["q1"]:
