@@ -12,6 +12,7 @@ checkpoint at 4,000 (``trunk-4000``) instead of training them again.
     python zoo/pilots/feds-terms/run.py ARM [ARM]            # from the repository root: trains side by side
     python zoo/pilots/feds-terms/run.py ARM --until 4000     # stops there (the trunk's branch point)
     python zoo/pilots/feds-terms/run.py --table              # the table of zoo/README.md
+    python zoo/pilots/feds-terms/run.py --rates              # branches' training rate against the trunk's
     python zoo/pilots/feds-terms/run.py --keep ARM trunk-4000  # their checkpoints, to commit
 
 Each arm's run lives in ``runs/pilots/feds-terms/ARM`` (its checkpoint resumes exactly); its
@@ -190,6 +191,34 @@ def table() -> None:
             print(f"| {arm} | {step:,} | " + " | ".join(cells) + " |")
 
 
+def training_rates() -> None:
+    """Each branch's training rate and MSE after the branch point against the trunk's on the
+    same batches (the arms draw the same crops and qualities): the immediate cost of a term."""
+
+    def windows(arm: str) -> dict[int, dict]:
+        path = log_path(arm)
+        records = map(json.loads, path.read_text().splitlines()) if path else []
+        return {r["step"]: r for r in records if "bpp_loss" in r and r["step"] > BRANCH_STEP}
+
+    trunk = windows(TRUNK)
+    print(f"| arm | steps after {BRANCH_STEP:,} | training bpp vs {TRUNK} | training MSE vs {TRUNK} |")
+    print("|---|---|---|---|")
+    for arm in ARMS:
+        if arm in (TRUNK, "no-teacher"):
+            continue
+        shared = sorted(set(windows(arm)) & set(trunk))
+        if not shared:
+            continue
+        ours = windows(arm)
+        cells = [
+            sum(ours[s][key] for s in shared) / sum(trunk[s][key] for s in shared) - 1
+            for key in ("bpp_loss", "mse_loss")
+        ]
+        print(
+            f"| {arm} | {shared[0] - 50:,}-{shared[-1]:,} | {cells[0] * 100:+.1f}% | {cells[1] * 100:+.1f}% |"
+        )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -198,6 +227,9 @@ def main() -> None:
     parser.add_argument("--until", type=int, help="stop every arm at this step")
     parser.add_argument("--table", action="store_true", help="print the table of the arms validated so far")
     parser.add_argument(
+        "--rates", action="store_true", help="each branch's training rate and MSE against the trunk's, paired"
+    )
+    parser.add_argument(
         "--keep",
         action="store_true",
         help=f"commit-ready: copy the named runs' checkpoints (or {TRUNK_AT_BRANCH}'s)",
@@ -205,6 +237,9 @@ def main() -> None:
     args = parser.parse_args()
     if args.table:
         table()
+        return
+    if args.rates:
+        training_rates()
         return
     unknown = set(args.arms) - set(ARMS) - ({TRUNK_AT_BRANCH} if args.keep else set())
     if unknown or not args.arms:
