@@ -179,6 +179,8 @@ def table() -> None:
         found = validations(arm)
         cost = seconds_per_step(arm) if found else 0.0
         for step, val in sorted(found.items()):
+            if ARMS[arm][0] and arm != TRUNK and step <= BRANCH_STEP:
+                continue  # the trunk's, before the branch
             rd = [val[f"q{q}"]["rd_loss"] for q in range(1, 7)]
             cells = [f"{step * cost / 3600:.2f}", " / ".join(f"{v:.4f}" for v in rd), "", "", ""]
             if arm != "no-teacher" and step in anchor:
