@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from .losses import CHANNEL_FORMS
+from .losses import CHANNEL_FORMS, largest_ms_ssim_window
 from .models import FEATURE_NAMES
 from .quality import LAMBDAS, QUALITIES
 
@@ -206,9 +206,8 @@ class TrainingConfig:
             raise ValueError("reconstruction_weight distils the reconstruction by MSE: for the mse metric")
         if self.ms_ssim_window < 3 or self.ms_ssim_window % 2 == 0:
             raise ValueError(f"ms_ssim_window must be an odd number of taps >= 3, got {self.ms_ssim_window}")
-        if self.metric == "ms-ssim" and 16 * (self.ms_ssim_window - 1) >= self.crop_size:
-            largest = (self.crop_size - 1) // 16 + 1
-            largest -= 1 - largest % 2  # odd
+        largest = largest_ms_ssim_window(self.crop_size)
+        if self.metric == "ms-ssim" and self.ms_ssim_window > largest:
             raise ValueError(
                 f"MS-SSIM's five scales need crops larger than 16 x (window - 1) = "
                 f"{16 * (self.ms_ssim_window - 1)} px: {self.crop_size} px crops take a window of at most "

@@ -35,6 +35,7 @@ __all__ = [
     "FeatureAlignmentLoss",
     "PerImageRateDistortionLoss",
     "channel_entropy_bits",
+    "largest_ms_ssim_window",
     "make_adapter",
     "reconstruction_distillation",
     "spatial_attention",
@@ -212,6 +213,13 @@ def reconstruction_distillation(x_hat: Tensor, teacher_x_hat: Tensor, lmbda: Ten
     reconstruction). Not in FEDS; the teacher's reconstruction is never trained."""
     mse = (x_hat.float() - teacher_x_hat.float().detach()).pow(2).mean(dim=(1, 2, 3))
     return (lmbda * 255**2 * mse).mean()
+
+
+def largest_ms_ssim_window(side: int) -> int:
+    """The most taps (odd) an MS-SSIM window may have on images ``side`` pixels across: its
+    five scales need ``side > 16 · (window − 1)`` (pytorch_msssim checks it)."""
+    taps = (side - 1) // 16 + 1
+    return taps - 1 + taps % 2
 
 
 class PerImageRateDistortionLoss(nn.Module):

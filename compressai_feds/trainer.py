@@ -38,6 +38,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from .bdrate import ms_ssim_db
 from .checkpoint_io import architecture_name, averaged_weights, load_codec
 from .config import Stage, TrainingConfig
 from .data import ImageCrops, StreamSampler
@@ -48,6 +49,7 @@ from .losses import (
     FeatureAlignmentLoss,
     PerImageRateDistortionLoss,
     channel_entropy_bits,
+    largest_ms_ssim_window,
     reconstruction_distillation,
 )
 from .models import FEDSCodec
@@ -264,10 +266,10 @@ def evaluate(
         x_hat = out["x_hat"].clamp(0, 1)
         mse = torch.mean((x_hat - x) ** 2).item()
         if metric == "ms-ssim":
-            window = min(11, (min(x.shape[-2:]) - 1) // 16 + 1)
-            similarity = ms_ssim(x_hat, x, data_range=1.0, win_size=window - 1 + window % 2).item()
+            window = min(11, largest_ms_ssim_window(min(x.shape[-2:])))
+            similarity = ms_ssim(x_hat, x, data_range=1.0, win_size=window).item()
             totals["ms_ssim"] += similarity
-            totals["ms_ssim_db"] += -10 * math.log10(max(1 - similarity, 1e-10))
+            totals["ms_ssim_db"] += ms_ssim_db(min(similarity, 1 - 1e-10))
             distortion = 1 - similarity
         else:
             distortion = 255**2 * mse
