@@ -139,7 +139,9 @@ class TrainingConfig:
     variable-rate training, each image's channel term is weighted by its λ over the mean λ
     of the levels (q1 0.11, q3 0.41, q6 2.95), as its rate-distortion term grows with λ:
     at one weight for all, the channel term's gradient on ``g_a`` was many times the
-    rate-distortion term's at q1 (``zoo/README.md``, issue 40).
+    rate-distortion term's at q1 (``zoo/README.md``, issue 40). ``feature_follows_lambda``:
+    the same for the feature alignment term, whose gradient was 21x the rate-distortion
+    term's at q1 and 1.9x at q6 at the end of the v2 student's training.
     """
 
     data: str = ""
@@ -167,6 +169,7 @@ class TrainingConfig:
     entropy_temperature: float = 1.0
     channel_form: str = "spatial_kl"
     channel_follows_lambda: bool = False
+    feature_follows_lambda: bool = False
     ms_ssim_window: int = 11
     seed: int = 0
     workers: int = 2
@@ -200,8 +203,9 @@ class TrainingConfig:
                 raise ValueError(f"{name} must be levels of {list(QUALITIES)}, got {sorted(unknown)}")
         if self.channel_form not in CHANNEL_FORMS:
             raise ValueError(f"channel_form must be one of {CHANNEL_FORMS}, got {self.channel_form!r}")
-        if self.channel_follows_lambda and not self.qualities:
-            raise ValueError("channel_follows_lambda weighs the images of variable-rate training (qualities)")
+        for name in ("channel_follows_lambda", "feature_follows_lambda"):
+            if getattr(self, name) and not self.qualities:
+                raise ValueError(f"{name} weighs the images of variable-rate training (qualities)")
         if any(stage.reconstruction_weight for stage in self.stages) and self.metric != "mse":
             raise ValueError("reconstruction_weight distils the reconstruction by MSE: for the mse metric")
         if self.ms_ssim_window < 3 or self.ms_ssim_window % 2 == 0:

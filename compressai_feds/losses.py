@@ -105,8 +105,15 @@ class FeatureAlignmentLoss(nn.Module):
         )
         self.temperature = temperature
 
-    def forward(self, student: Mapping[str, Tensor], teacher: Mapping[str, Tensor]) -> Tensor:
-        total = torch.zeros((), device=next(self.parameters()).device)
+    def forward(
+        self,
+        student: Mapping[str, Tensor],
+        teacher: Mapping[str, Tensor],
+        image_weights: Tensor | None = None,
+    ) -> Tensor:
+        """``image_weights``: each image's weight (``(B,)``, e.g. its λ relative to the
+        levels' mean), all 1 if ``None``."""
+        per_image = torch.zeros((), device=next(self.parameters()).device)
         for name, adapter in self.adapters.items():
             target = teacher[name].float().detach()
             mapped = adapter(student[name]).float()
@@ -114,10 +121,14 @@ class FeatureAlignmentLoss(nn.Module):
             # relative to each image's feature energy: scale-free across stages, and
             # a mean over images, so that split batches (DDP) give the same loss
             energy = target.pow(2).mean(dim=(1, 2, 3)) + 1e-8
-            weighted_mse = ((attention * (mapped - target).pow(2)).mean(dim=(1, 2, 3)) / energy).mean()
-            attention_gap = (spatial_attention(mapped, self.temperature) - attention).pow(2).mean()
-            total = total + weighted_mse + attention_gap
-        return total
+            weighted_mse = (attention * (mapped - target).pow(2)).mean(dim=(1, 2, 3)) / energy
+            attention_gap = (
+                (spatial_attention(mapped, self.temperature) - attention).pow(2).mean(dim=(1, 2, 3))
+            )
+            per_image = per_image + weighted_mse + attention_gap
+        if image_weights is not None:
+            per_image = per_image * image_weights
+        return per_image.mean()
 
 
 def channel_entropy_bits(likelihoods: Tensor) -> Tensor:

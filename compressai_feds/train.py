@@ -119,6 +119,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="variable rate: weigh each image's channel term by its λ over the levels' mean",
     )
+    parser.add_argument(
+        "--feature-follows-lambda",
+        action="store_true",
+        default=None,
+        help="variable rate: weigh each image's feature alignment term by its λ over the levels' mean",
+    )
     parser.add_argument("--steps", help="steps of the three stages, e.g. 100000,300000,100000")
     parser.add_argument("--batch-size", type=int)
     parser.add_argument("--crop-size", type=int)

@@ -156,6 +156,7 @@ class DistillationObjective(nn.Module):
                 form=config.channel_form,
             )
         self.channel_follows_lambda = config.channel_follows_lambda
+        self.feature_follows_lambda = config.feature_follows_lambda
         self.mean_lambda = sum(LAMBDAS[config.metric].values()) / len(LAMBDAS[config.metric])
 
     def forward(
@@ -201,13 +202,15 @@ class DistillationObjective(nn.Module):
         for name, likelihoods in out["likelihoods"].items():  # logged: a latent carrying 0 bits is dead
             losses[f"bpp_{name}"] = likelihoods.detach().log2().sum().neg() / num_pixels
         total = losses["loss"]
+        relative_lambda = lmbda / self.mean_lambda if quality is not None else None
         if distill and feature_weight > 0:
-            losses["feature_loss"] = self.feature_loss(features, teacher_out["features"])
+            image_weights = relative_lambda if self.feature_follows_lambda else None
+            losses["feature_loss"] = self.feature_loss(features, teacher_out["features"], image_weights)
             total = total + feature_weight * losses["feature_loss"]
         if distill:
             adapter_ahead = channel_weight == 0  # the adapter learns before its stage, the student not
             y_student = features["y"].detach() if adapter_ahead else features["y"]
-            image_weights = lmbda / self.mean_lambda if self.channel_follows_lambda else None
+            image_weights = relative_lambda if self.channel_follows_lambda else None
             losses["channel_loss"] = self.channel_loss(
                 y_student, teacher_out["features"]["y"], teacher_bits, image_weights
             )

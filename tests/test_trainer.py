@@ -444,17 +444,22 @@ def test_distillation_settings_are_checked():
         TrainingConfig(channel_form="l2")
     with pytest.raises(ValueError, match="channel_follows_lambda weighs the images of variable-rate"):
         TrainingConfig(channel_follows_lambda=True)
+    with pytest.raises(ValueError, match="feature_follows_lambda weighs the images of variable-rate"):
+        TrainingConfig(feature_follows_lambda=True)
     with pytest.raises(ValueError, match="reconstruction_weight distils the reconstruction by MSE"):
         TrainingConfig(metric="ms-ssim", stages=[Stage("a", 4, 1e-4, 0.0, 0.0, reconstruction_weight=1.0)])
 
 
-def test_cli_sets_the_channel_term_s_form_and_lambda_weighting(tmp_path, capsys):
+def test_cli_sets_the_channel_term_s_form_and_the_lambda_weightings(tmp_path, capsys):
     from compressai_feds.train import build_parser, config_from_args
 
     args = ["--out", str(tmp_path), "--data", str(tmp_path), "--qualities", "1,6"]
     args += ["--student-args", '{"variable_rate": true}', "--channel-form", "standardized_kl"]
     config = config_from_args(build_parser().parse_args([*args, "--channel-follows-lambda"]))
     assert config.channel_form == "standardized_kl" and config.channel_follows_lambda
+    assert not config.feature_follows_lambda
+    config = config_from_args(build_parser().parse_args([*args, "--feature-follows-lambda"]))
+    assert config.feature_follows_lambda and not config.channel_follows_lambda
     assert not config_from_args(build_parser().parse_args(args)).channel_follows_lambda
     result = run_main(train_main, *args, "--channel-form", "l2", capsys=capsys)
     assert result.returncode == 2 and "invalid choice: 'l2'" in result.stderr

@@ -417,6 +417,41 @@ def test_the_channel_term_can_follow_each_image_s_lambda():
     assert got.item() == pytest.approx(((weights[0] * each[0] + weights[1] * each[1]) / 2).item(), rel=1e-4)
 
 
+def test_the_feature_term_can_follow_each_image_s_lambda():
+    """``feature_follows_lambda``: each image's feature alignment term times its λ over the
+    levels' mean λ; the channel term keeps one weight for all."""
+    from test_trainer import TINY_STUDENT
+
+    from compressai_feds.config import TrainingConfig
+    from compressai_feds.losses import channel_entropy_bits
+    from compressai_feds.trainer import DistillationObjective
+
+    torch.manual_seed(0)
+    teacher = FEDSTeacher(N=32, M=64, groups=(16, 48), num_res_blocks=1, variable_rate=True).eval()
+    student = FEDSStudent(**{**TINY_STUDENT, "variable_rate": True})
+    config = TrainingConfig(qualities=[1, 6], feature_follows_lambda=True)
+    objective = DistillationObjective(student, config, teacher).eval()  # rounding: no noise
+    x, quality = torch.rand(2, 3, 64, 64), torch.tensor([1, 6])
+    with torch.no_grad():
+        teacher_out = teacher(x, return_features=True, quality=quality)
+    bits = channel_entropy_bits(teacher_out["likelihoods"]["y"])
+    got = objective(x, teacher_out, bits, 1.0, 1.0, quality=quality)
+    features = student(x, return_features=True, quality=quality)["features"]
+    each = [
+        objective.feature_loss(
+            {k: v[i : i + 1] for k, v in features.items()},
+            {k: v[i : i + 1] for k, v in teacher_out["features"].items()},
+        )
+        for i in range(2)
+    ]
+    weights = objective.lambdas[quality] / objective.mean_lambda
+    expected = (weights[0] * each[0] + weights[1] * each[1]) / 2
+    assert got["feature_loss"].item() == pytest.approx(expected.item(), rel=1e-4)
+    assert got["feature_loss"].item() != pytest.approx(((each[0] + each[1]) / 2).item(), rel=1e-2)
+    unweighted = objective.channel_loss(features["y"], teacher_out["features"]["y"], bits)
+    assert got["channel_loss"].item() == pytest.approx(unweighted.item(), rel=1e-4)
+
+
 def test_ms_ssim_rate_distortion_per_image_is_compressai_s_at_one_lambda():
     from compressai.losses import RateDistortionLoss
 
