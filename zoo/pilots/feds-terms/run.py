@@ -13,6 +13,7 @@ checkpoint at 4,000 (``trunk-4000``) instead of training them again.
     python zoo/pilots/feds-terms/run.py ARM --until 4000     # stops there (the trunk's branch point)
     python zoo/pilots/feds-terms/run.py --table              # the table of zoo/README.md
     python zoo/pilots/feds-terms/run.py --rates              # branches' training rate against the trunk's
+    python zoo/pilots/feds-terms/run.py --plot zoo/pilots/feds-terms/arms.png  # the same, per quality
     python zoo/pilots/feds-terms/run.py --keep ARM trunk-4000  # their checkpoints, to commit
 
 Each arm's run lives in ``runs/pilots/feds-terms/ARM`` (its checkpoint resumes exactly); its
@@ -35,6 +36,7 @@ from pair import DATA, train_side_by_side  # noqa: E402
 from compressai_feds.bdrate import Curve, CurveError, bd_rate  # noqa: E402
 from compressai_feds.campaign import Campaign, Recipe  # noqa: E402
 from compressai_feds.config import Stage, TrainingConfig  # noqa: E402
+from compressai_feds.plots import our_style  # noqa: E402
 
 PILOT = Path(__file__).resolve().parent
 RUNS = Path("runs/pilots") / PILOT.name
@@ -196,6 +198,41 @@ def table() -> None:
             print(f"| {arm} | {step:,} | " + " | ".join(cells) + " |")
 
 
+def plot(output: Path) -> None:
+    """A panel per quality: each arm's validation RD loss against no teacher's at the same step."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    anchor = validations("no-teacher")
+    fig, axes = plt.subplots(2, 3, figsize=(13, 7), sharex=True, sharey=True)
+    for index, arm in enumerate(a for a in ARMS if a != "no-teacher"):
+        found = validations(arm)
+        steps = [s for s in sorted(found) if s in anchor and (arm == TRUNK or s >= BRANCH_STEP)]
+        if len(steps) < 2:  # not validated since its branch
+            continue
+        for quality, ax in enumerate(axes.flat, start=1):
+            gap = [
+                (found[s][f"q{quality}"]["rd_loss"] / anchor[s][f"q{quality}"]["rd_loss"] - 1) * 100
+                for s in steps
+            ]
+            ax.plot(steps, gap, label=arm, **our_style(index))
+    for quality, ax in enumerate(axes.flat, start=1):
+        ax.axhline(0, color="black", linewidth=0.8)
+        ax.set_title(f"q{quality}")
+        ax.grid(alpha=0.3)
+    for ax in axes[1]:
+        ax.set_xlabel("step")
+    for ax in axes[:, 0]:
+        ax.set_ylabel("RD loss vs no teacher (%)")
+    axes.flat[0].legend(fontsize=8)
+    fig.suptitle("Pilot N: validation RD loss against no teacher at equal steps (below 0: distillation pays)")
+    fig.tight_layout()
+    fig.savefig(output, dpi=100)
+    plt.close(fig)
+
+
 def training_rates() -> None:
     """Each branch's training rate and MSE after the branch point against the trunk's on the
     same batches (the arms draw the same crops and qualities): the immediate cost of a term."""
@@ -239,7 +276,13 @@ def main() -> None:
         action="store_true",
         help=f"commit-ready: copy the named runs' checkpoints (or {TRUNK_AT_BRANCH}'s)",
     )
+    parser.add_argument(
+        "--plot", type=Path, metavar="PNG", help="draw each arm against no teacher, per quality"
+    )
     args = parser.parse_args()
+    if args.plot:
+        plot(args.plot)
+        return
     if args.table:
         table()
         return
