@@ -390,9 +390,9 @@ def test_the_variable_rate_teacher_decodes_exactly_at_a_fractional_quality(image
         assert_same_latent(teacher, encoded, decode(teacher, encoded))
 
 
-def test_the_channel_term_can_follow_each_image_s_lambda():
-    """``channel_follows_lambda``: each image's channel term times its λ over the levels'
-    mean λ (q1: 0.11, q6: 2.95)."""
+def lambda_weighted_distillation(**setting: bool) -> tuple:
+    """A tiny variable-rate student, its objective with ``setting``, two images at q1 and q6,
+    the teacher's output and channel entropy on them, and the student's features."""
     from test_trainer import TINY_STUDENT
 
     from compressai_feds.config import TrainingConfig
@@ -402,15 +402,24 @@ def test_the_channel_term_can_follow_each_image_s_lambda():
     torch.manual_seed(0)
     teacher = FEDSTeacher(N=32, M=64, groups=(16, 48), num_res_blocks=1, variable_rate=True).eval()
     student = FEDSStudent(**{**TINY_STUDENT, "variable_rate": True})
-    config = TrainingConfig(qualities=[1, 6], channel_follows_lambda=True)
-    objective = DistillationObjective(student, config, teacher).eval()  # rounding: no noise
+    objective = DistillationObjective(student, TrainingConfig(qualities=[1, 6], **setting), teacher)
+    objective.eval()  # rounding: no noise
     x, quality = torch.rand(2, 3, 64, 64), torch.tensor([1, 6])
     with torch.no_grad():
         teacher_out = teacher(x, return_features=True, quality=quality)
     bits = channel_entropy_bits(teacher_out["likelihoods"]["y"])
+    features = student(x, return_features=True, quality=quality)["features"]
+    return objective, x, quality, teacher_out, bits, features
+
+
+def test_the_channel_term_can_follow_each_image_s_lambda():
+    """``channel_follows_lambda``: each image's channel term times its λ over the levels'
+    mean λ (q1: 0.11, q6: 2.95)."""
+    objective, x, quality, teacher_out, bits, features = lambda_weighted_distillation(
+        channel_follows_lambda=True
+    )
     got = objective(x, teacher_out, bits, 0.0, 1.0, quality=quality)["channel_loss"]
-    y_student = student(x, return_features=True, quality=quality)["features"]["y"]
-    y_teacher = teacher_out["features"]["y"]
+    y_student, y_teacher = features["y"], teacher_out["features"]["y"]
     each = [objective.channel_loss(y_student[i : i + 1], y_teacher[i : i + 1], bits) for i in range(2)]
     weights = objective.lambdas[quality] / objective.mean_lambda
     assert weights.tolist() == pytest.approx([0.1099, 2.948], rel=1e-3)
@@ -420,23 +429,10 @@ def test_the_channel_term_can_follow_each_image_s_lambda():
 def test_the_feature_term_can_follow_each_image_s_lambda():
     """``feature_follows_lambda``: each image's feature alignment term times its λ over the
     levels' mean λ; the channel term keeps one weight for all."""
-    from test_trainer import TINY_STUDENT
-
-    from compressai_feds.config import TrainingConfig
-    from compressai_feds.losses import channel_entropy_bits
-    from compressai_feds.trainer import DistillationObjective
-
-    torch.manual_seed(0)
-    teacher = FEDSTeacher(N=32, M=64, groups=(16, 48), num_res_blocks=1, variable_rate=True).eval()
-    student = FEDSStudent(**{**TINY_STUDENT, "variable_rate": True})
-    config = TrainingConfig(qualities=[1, 6], feature_follows_lambda=True)
-    objective = DistillationObjective(student, config, teacher).eval()  # rounding: no noise
-    x, quality = torch.rand(2, 3, 64, 64), torch.tensor([1, 6])
-    with torch.no_grad():
-        teacher_out = teacher(x, return_features=True, quality=quality)
-    bits = channel_entropy_bits(teacher_out["likelihoods"]["y"])
+    objective, x, quality, teacher_out, bits, features = lambda_weighted_distillation(
+        feature_follows_lambda=True
+    )
     got = objective(x, teacher_out, bits, 1.0, 1.0, quality=quality)
-    features = student(x, return_features=True, quality=quality)["features"]
     each = [
         objective.feature_loss(
             {k: v[i : i + 1] for k, v in features.items()},
