@@ -15,8 +15,10 @@ checkpoint at 4,000 (``trunk-4000``) instead of training them again.
     python zoo/pilots/feds-terms/run.py --rates              # branches' training rate against the trunk's
     python zoo/pilots/feds-terms/run.py --plot zoo/pilots/feds-terms/arms.png  # the same, per quality
     python zoo/pilots/feds-terms/run.py --keep ARM trunk-4000  # their checkpoints, to commit
+    python zoo/pilots/feds-terms/run.py ARM --seed 1         # another data order (``ARM-seed1``)
 
-Each arm's run lives in ``runs/pilots/feds-terms/ARM`` (its checkpoint resumes exactly); its
+Each arm's run lives in ``runs/pilots/feds-terms/ARM`` (``ARM-seedN`` for a seed other than 0, with
+its own trunk, ``trunk-4000-seedN``, and no-teacher anchor) (its checkpoint resumes exactly); its
 ``config.json`` and ``metrics.jsonl`` are copied beside this file when it stops. On a fresh
 clone an arm resumes from ``checkpoints/ARM.pth.tar`` (and branches from
 ``checkpoints/trunk-4000.pth.tar``), where ``--keep`` put them.
@@ -72,7 +74,12 @@ TRUNK_AT_BRANCH = f"trunk-{BRANCH_STEP}"
 KEPT = PILOT / "checkpoints"
 
 
-def arm_config(campaign: Campaign, arm: str, until: int | None) -> TrainingConfig:
+def run_name(name: str, seed: int) -> str:
+    """The run of arm (or trunk checkpoint) ``name`` with data-order ``seed``."""
+    return name if seed == 0 else f"{name}-seed{seed}"
+
+
+def arm_config(campaign: Campaign, arm: str, until: int | None, seed: int) -> TrainingConfig:
     distils, stages, settings = ARMS[arm]
     base = campaign.training_config(campaign.jobs["student-vr"], DATA / "train", DATA / "val")
     if until is not None:  # the stages cut at ``until``
@@ -88,41 +95,46 @@ def arm_config(campaign: Campaign, arm: str, until: int | None) -> TrainingConfi
         stages=stages,
         val_every=1000,
         checkpoint_every=500,
+        seed=seed,
         **settings,
     )
 
 
-def restore(name: str) -> None:
+def restore(name: str, seed: int) -> None:
     """On a fresh clone: the run folder of ``name`` (an arm or ``trunk-4000``) from its committed
     checkpoint (``checkpoints/NAME.pth.tar``, see ``--keep``) and the log beside this file."""
-    run, kept = RUNS / name, KEPT / f"{name}.pth.tar"
+    run, kept = RUNS / run_name(name, seed), KEPT / f"{run_name(name, seed)}.pth.tar"
     if (run / "checkpoint.pth.tar").is_file() or not kept.is_file():
         return
     run.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(kept, run / "checkpoint.pth.tar")
-    log = PILOT / (TRUNK if name == TRUNK_AT_BRANCH else name) / "metrics.jsonl"
+    log = PILOT / run_name(TRUNK if name == TRUNK_AT_BRANCH else name, seed) / "metrics.jsonl"
     if log.is_file():  # the trainer drops the records after the checkpoint's step
         shutil.copyfile(log, run / "metrics.jsonl")
 
 
-def keep(name: str) -> None:
+def keep(name: str, seed: int) -> None:
     """Copies the latest checkpoint of ``name`` where it is committed (``checkpoints/``)."""
     KEPT.mkdir(exist_ok=True)
+    name = run_name(name, seed)
     shutil.copyfile(RUNS / name / "checkpoint.pth.tar", KEPT / f"{name}.pth.tar")
 
 
-def branch(arm: str) -> None:
+def branch(arm: str, seed: int) -> None:
     """Starts ``arm`` from the trunk's checkpoint at ``BRANCH_STEP`` (``trunk-4000``) unless it
     has a checkpoint of its own; the trunk itself starts from scratch while there is none."""
-    restore(arm)
-    if (RUNS / arm / "checkpoint.pth.tar").is_file() or not ARMS[arm][0]:
+    restore(arm, seed)
+    run = RUNS / run_name(arm, seed)
+    if (run / "checkpoint.pth.tar").is_file() or not ARMS[arm][0]:
         return
-    restore(TRUNK_AT_BRANCH)
-    source = RUNS / TRUNK_AT_BRANCH
+    restore(TRUNK_AT_BRANCH, seed)
+    source = RUNS / run_name(TRUNK_AT_BRANCH, seed)
     if source.is_dir():
-        shutil.copytree(source, RUNS / arm, dirs_exist_ok=True)
+        shutil.copytree(source, run, dirs_exist_ok=True)
     elif arm != TRUNK:
-        raise SystemExit(f"{arm} branches from {source}: train {TRUNK} with --until {BRANCH_STEP} first")
+        raise SystemExit(
+            f"{arm} branches from {source}: train {TRUNK} with --until {BRANCH_STEP} (and --seed {seed}) first"
+        )
 
 
 def log_path(arm: str) -> Path | None:
@@ -168,21 +180,21 @@ def bd_cell(anchor: dict, val: dict, arm: str) -> str:
         return exc.reason
 
 
-def table() -> None:
+def table(seed: int) -> None:
     """Each arm at each validated step against no teacher: at equal steps (RD loss per quality,
     relative; BD-rate of the six validation points) and at equal CPU time (BD-rate against the
     no-teacher validation with the most steps done in at most the arm's CPU time). CPU hours:
     one thread, the arm's median step time."""
-    anchor = validations("no-teacher")
-    anchor_cost = seconds_per_step("no-teacher") if anchor else 0.0
+    anchor = validations(run_name("no-teacher", seed))
+    anchor_cost = seconds_per_step(run_name("no-teacher", seed)) if anchor else 0.0
     print(
         "| arm | step | CPU h | RD loss q1..q6 | vs no teacher at equal steps, q1..q6 | BD-rate, equal steps "
         "| BD-rate, equal CPU (no teacher's step) |"
     )
     print("|---|---|---|---|---|---|---|")
     for arm in ARMS:
-        found = validations(arm)
-        cost = seconds_per_step(arm) if found else 0.0
+        found = validations(run_name(arm, seed))
+        cost = seconds_per_step(run_name(arm, seed)) if found else 0.0
         for step, val in sorted(found.items()):
             if ARMS[arm][0] and arm != TRUNK and step <= BRANCH_STEP:
                 continue  # the trunk's, before the branch
@@ -195,20 +207,20 @@ def table() -> None:
             affordable = [s for s in anchor if s * anchor_cost <= step * cost]
             if arm != "no-teacher" and affordable:
                 cells[4] = f"{bd_cell(anchor[max(affordable)], val, arm)} ({max(affordable):,})"
-            print(f"| {arm} | {step:,} | " + " | ".join(cells) + " |")
+            print(f"| {run_name(arm, seed)} | {step:,} | " + " | ".join(cells) + " |")
 
 
-def plot(output: Path) -> None:
+def plot(output: Path, seed: int) -> None:
     """A panel per quality: each arm's validation RD loss against no teacher's at the same step."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    anchor = validations("no-teacher")
+    anchor = validations(run_name("no-teacher", seed))
     fig, axes = plt.subplots(2, 3, figsize=(13, 7), sharex=True, sharey=True)
     for index, arm in enumerate(a for a in ARMS if a != "no-teacher"):
-        found = validations(arm)
+        found = validations(run_name(arm, seed))
         steps = [s for s in sorted(found) if s in anchor and (arm == TRUNK or s >= BRANCH_STEP)]
         if len(steps) < 2:  # not validated since its branch
             continue
@@ -217,7 +229,7 @@ def plot(output: Path) -> None:
                 (found[s][f"q{quality}"]["rd_loss"] / anchor[s][f"q{quality}"]["rd_loss"] - 1) * 100
                 for s in steps
             ]
-            ax.plot(steps, gap, label=arm, **our_style(index))
+            ax.plot(steps, gap, label=run_name(arm, seed), **our_style(index))
     for quality, ax in enumerate(axes.flat, start=1):
         ax.axhline(0, color="black", linewidth=0.8)
         ax.set_title(f"q{quality}")
@@ -233,7 +245,7 @@ def plot(output: Path) -> None:
     plt.close(fig)
 
 
-def training_rates() -> None:
+def training_rates(seed: int) -> None:
     """Each branch's training rate and MSE after the branch point against the trunk's on the
     same batches (the arms draw the same crops and qualities): the immediate cost of a term."""
 
@@ -242,16 +254,16 @@ def training_rates() -> None:
         records = map(json.loads, path.read_text().splitlines()) if path else []
         return {r["step"]: r for r in records if "bpp_loss" in r and r["step"] > BRANCH_STEP}
 
-    trunk = windows(TRUNK)
+    trunk = windows(run_name(TRUNK, seed))
     print(f"| arm | steps after {BRANCH_STEP:,} | training bpp vs {TRUNK} | training MSE vs {TRUNK} |")
     print("|---|---|---|---|")
     for arm in ARMS:
         if arm in (TRUNK, "no-teacher"):
             continue
-        shared = sorted(set(windows(arm)) & set(trunk))
+        ours = windows(run_name(arm, seed))
+        shared = sorted(set(ours) & set(trunk))
         if not shared:
             continue
-        ours = windows(arm)
         cells = [
             sum(ours[s][key] for s in shared) / sum(trunk[s][key] for s in shared) - 1
             for key in ("bpp_loss", "mse_loss")
@@ -267,6 +279,7 @@ def main() -> None:
     )
     parser.add_argument("arms", nargs="*", help=f"of {', '.join(ARMS)}")
     parser.add_argument("--until", type=int, help="stop every arm at this step")
+    parser.add_argument("--seed", type=int, default=0, help="data-order seed (runs named ARM-seedN)")
     parser.add_argument("--table", action="store_true", help="print the table of the arms validated so far")
     parser.add_argument(
         "--rates", action="store_true", help="each branch's training rate and MSE against the trunk's, paired"
@@ -281,29 +294,33 @@ def main() -> None:
     )
     args = parser.parse_args()
     if args.plot:
-        plot(args.plot)
+        plot(args.plot, args.seed)
         return
     if args.table:
-        table()
+        table(args.seed)
         return
     if args.rates:
-        training_rates()
+        training_rates(args.seed)
         return
     unknown = set(args.arms) - set(ARMS) - ({TRUNK_AT_BRANCH} if args.keep else set())
     if unknown or not args.arms:
         parser.error(f"name arms of {', '.join(ARMS)} (unknown: {', '.join(sorted(unknown)) or 'none'})")
     if args.keep:
         for name in args.arms:
-            keep(name)
+            keep(name, args.seed)
         return
     campaign = Campaign(Recipe.load("zoo/recipe.json"), "runs/campaign", "zoo", progress=False)
     if not DATA.is_dir():
         campaign.prepare_data()
     for arm in args.arms:
-        branch(arm)
-    train_side_by_side(PILOT, {arm: arm_config(campaign, arm, args.until) for arm in args.arms})
-    if TRUNK in args.arms and args.until == BRANCH_STEP and not (RUNS / TRUNK_AT_BRANCH).exists():
-        shutil.copytree(RUNS / TRUNK, RUNS / TRUNK_AT_BRANCH)
+        branch(arm, args.seed)
+    configs = {
+        run_name(arm, args.seed): arm_config(campaign, arm, args.until, args.seed) for arm in args.arms
+    }
+    train_side_by_side(PILOT, configs)
+    trunk_at_branch = RUNS / run_name(TRUNK_AT_BRANCH, args.seed)
+    if TRUNK in args.arms and args.until == BRANCH_STEP and not trunk_at_branch.exists():
+        shutil.copytree(RUNS / run_name(TRUNK, args.seed), trunk_at_branch)
 
 
 if __name__ == "__main__":
