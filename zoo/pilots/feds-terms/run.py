@@ -17,8 +17,8 @@ checkpoint at 4,000 (``trunk-4000``) instead of training them again.
     python zoo/pilots/feds-terms/run.py --keep ARM trunk-4000  # their checkpoints, to commit
     python zoo/pilots/feds-terms/run.py ARM --seed 1         # another data order (``ARM-seed1``)
 
-Each arm's run lives in ``runs/pilots/feds-terms/ARM`` (``ARM-seedN`` for a seed other than 0, with
-its own trunk, ``trunk-4000-seedN``, and no-teacher anchor) (its checkpoint resumes exactly); its
+Each arm's run lives in ``runs/pilots/feds-terms/ARM`` (its checkpoint resumes exactly; with a seed
+N other than 0, ``ARM-seedN``, against its own trunk ``trunk-4000-seedN`` and no teacher); its
 ``config.json`` and ``metrics.jsonl`` are copied beside this file when it stops. On a fresh
 clone an arm resumes from ``checkpoints/ARM.pth.tar`` (and branches from
 ``checkpoints/trunk-4000.pth.tar``), where ``--keep`` put them.
