@@ -103,7 +103,8 @@ def arm_config(campaign: Campaign, arm: str, until: int | None, seed: int) -> Tr
 def restore(name: str, seed: int) -> None:
     """On a fresh clone: the run folder of ``name`` (an arm or ``trunk-4000``) from its committed
     checkpoint (``checkpoints/NAME.pth.tar``, see ``--keep``) and the log beside this file."""
-    run, kept = RUNS / run_name(name, seed), KEPT / f"{run_name(name, seed)}.pth.tar"
+    run = RUNS / run_name(name, seed)
+    kept = KEPT / f"{run.name}.pth.tar"
     if (run / "checkpoint.pth.tar").is_file() or not kept.is_file():
         return
     run.mkdir(parents=True, exist_ok=True)
@@ -185,16 +186,18 @@ def table(seed: int) -> None:
     relative; BD-rate of the six validation points) and at equal CPU time (BD-rate against the
     no-teacher validation with the most steps done in at most the arm's CPU time). CPU hours:
     one thread, the arm's median step time."""
-    anchor = validations(run_name("no-teacher", seed))
-    anchor_cost = seconds_per_step(run_name("no-teacher", seed)) if anchor else 0.0
+    anchor_run = run_name("no-teacher", seed)
+    anchor = validations(anchor_run)
+    anchor_cost = seconds_per_step(anchor_run) if anchor else 0.0
     print(
         "| arm | step | CPU h | RD loss q1..q6 | vs no teacher at equal steps, q1..q6 | BD-rate, equal steps "
         "| BD-rate, equal CPU (no teacher's step) |"
     )
     print("|---|---|---|---|---|---|---|")
     for arm in ARMS:
-        found = validations(run_name(arm, seed))
-        cost = seconds_per_step(run_name(arm, seed)) if found else 0.0
+        name = run_name(arm, seed)
+        found = validations(name)
+        cost = seconds_per_step(name) if found else 0.0
         for step, val in sorted(found.items()):
             if ARMS[arm][0] and arm != TRUNK and step <= BRANCH_STEP:
                 continue  # the trunk's, before the branch
@@ -207,7 +210,7 @@ def table(seed: int) -> None:
             affordable = [s for s in anchor if s * anchor_cost <= step * cost]
             if arm != "no-teacher" and affordable:
                 cells[4] = f"{bd_cell(anchor[max(affordable)], val, arm)} ({max(affordable):,})"
-            print(f"| {run_name(arm, seed)} | {step:,} | " + " | ".join(cells) + " |")
+            print(f"| {name} | {step:,} | " + " | ".join(cells) + " |")
 
 
 def plot(output: Path, seed: int) -> None:
