@@ -206,8 +206,6 @@ class TrainingConfig:
         for name in ("channel_follows_lambda", "feature_follows_lambda"):
             if getattr(self, name) and not self.qualities:
                 raise ValueError(f"{name} weighs the images of variable-rate training (qualities)")
-        if any(stage.reconstruction_weight for stage in self.stages) and self.metric != "mse":
-            raise ValueError("reconstruction_weight distils the reconstruction by MSE: for the mse metric")
         if self.ms_ssim_window < 3 or self.ms_ssim_window % 2 == 0:
             raise ValueError(f"ms_ssim_window must be an odd number of taps >= 3, got {self.ms_ssim_window}")
         largest = largest_ms_ssim_window(self.crop_size)

@@ -37,6 +37,7 @@ __all__ = [
     "channel_entropy_bits",
     "largest_ms_ssim_window",
     "make_adapter",
+    "per_image_distortion",
     "reconstruction_distillation",
     "spatial_attention",
     "standardize_channels",
@@ -217,13 +218,35 @@ class EntropyWeightedChannelLoss(nn.Module):
         return self.tau**2 * per_image.mean()
 
 
-def reconstruction_distillation(x_hat: Tensor, teacher_x_hat: Tensor, lmbda: Tensor | float) -> Tensor:
+def per_image_distortion(
+    x_hat: Tensor, target: Tensor, metric: str = "mse", ms_ssim_window: int = 11
+) -> Tensor:
+    """Each image's distortion in CompressAI's rate-distortion units: ``255² · MSE``
+    (``metric="mse"``) or ``1 − MS-SSIM`` (``"ms-ssim"``, pytorch_msssim's, in float32, with
+    ``ms_ssim_window`` taps: five scales need images larger than ``16 · (window − 1)`` pixels)."""
+    if metric == "mse":
+        return 255**2 * (x_hat - target).pow(2).mean(dim=(1, 2, 3))
+    if metric != "ms-ssim":
+        raise ValueError(f"metric must be mse or ms-ssim, got {metric!r}")
+    from pytorch_msssim import ms_ssim
+
+    with torch.autocast(target.device.type, enabled=False):  # its variances cancel: float32
+        similarity = ms_ssim(
+            x_hat.float(), target.float(), data_range=1.0, size_average=False, win_size=ms_ssim_window
+        )
+    return 1 - similarity
+
+
+def reconstruction_distillation(
+    x_hat: Tensor, teacher_x_hat: Tensor, lmbda: Tensor | float, metric: str = "mse", ms_ssim_window: int = 11
+) -> Tensor:
     """The student's reconstruction against the teacher's, in the rate-distortion term's
-    units: ``mean_i(λ_i · 255² · MSE(x̂^S_i, x̂^T_i))`` (a decoder-side target beside the
-    dominant rate-distortion term, as Allemand et al., arXiv 2509.10366, distil the
-    reconstruction). Not in FEDS; the teacher's reconstruction is never trained."""
-    mse = (x_hat.float() - teacher_x_hat.float().detach()).pow(2).mean(dim=(1, 2, 3))
-    return (lmbda * 255**2 * mse).mean()
+    units: ``mean_i(λ_i · D(x̂^S_i, x̂^T_i))``, ``D`` the training metric's
+    (:func:`per_image_distortion`): a decoder-side target beside the dominant
+    rate-distortion term, as Allemand et al., arXiv 2509.10366, distil the reconstruction.
+    Not in FEDS; the teacher's reconstruction is never trained."""
+    distortion = per_image_distortion(x_hat.float(), teacher_x_hat.float().detach(), metric, ms_ssim_window)
+    return (lmbda * distortion).mean()
 
 
 def largest_ms_ssim_window(side: int) -> int:
@@ -257,18 +280,8 @@ class PerImageRateDistortionLoss(nn.Module):
         mse = (output["x_hat"] - target).pow(2).mean(dim=(1, 2, 3))
         losses = {"bpp_loss": bpp.mean(), "mse_loss": mse.mean()}
         if self.metric == "ms-ssim":
-            from pytorch_msssim import ms_ssim
-
-            with torch.autocast(target.device.type, enabled=False):  # its variances cancel: float32
-                similarity = ms_ssim(
-                    output["x_hat"].float(),
-                    target.float(),
-                    data_range=1.0,
-                    size_average=False,
-                    win_size=self.ms_ssim_window,
-                )
-            losses["ms_ssim_loss"] = similarity.mean()
-            distortion = 1 - similarity
+            distortion = per_image_distortion(output["x_hat"], target, "ms-ssim", self.ms_ssim_window)
+            losses["ms_ssim_loss"] = (1 - distortion).mean()
         else:
             distortion = 255**2 * mse
         rd = lmbda * distortion + bpp

@@ -161,8 +161,8 @@ def config_from_args(args: argparse.Namespace) -> TrainingConfig:
         for f in fields(TrainingConfig)
         if getattr(args, f.name, None) is not None
     }
-    if "quality" in overrides and "lmbda" not in overrides:
-        overrides["lmbda"] = None  # recomputed from the quality
+    if ("quality" in overrides or "metric" in overrides) and "lmbda" not in overrides:
+        overrides["lmbda"] = None  # recomputed from the quality and metric
     if args.steps:
         steps = [int(s) for s in args.steps.split(",")]
         if len(steps) != len(config.stages):

@@ -130,6 +130,7 @@ class DistillationObjective(nn.Module):
             raise ValueError('variable-rate training (qualities) needs student_args {"variable_rate": true}')
         self.rate_distortion = RateDistortionLoss(lmbda=config.lmbda, metric=config.metric)
         self.per_image_rate_distortion = PerImageRateDistortionLoss(config.metric, config.ms_ssim_window)
+        self.metric, self.ms_ssim_window = config.metric, config.ms_ssim_window
         self.register_buffer(
             "lambdas", torch.tensor([0.0, *LAMBDAS[config.metric].values()]), persistent=False
         )  # indexed by quality
@@ -217,7 +218,7 @@ class DistillationObjective(nn.Module):
             total = total + (1.0 if adapter_ahead else channel_weight) * losses["channel_loss"]
         if distill and reconstruction_weight > 0 and not adapters_only:
             losses["reconstruction_loss"] = reconstruction_distillation(
-                out["x_hat"], teacher_out["x_hat"], lmbda
+                out["x_hat"], teacher_out["x_hat"], lmbda, self.metric, self.ms_ssim_window
             )
             total = total + reconstruction_weight * losses["reconstruction_loss"]
         orthogonality = self.student.orthogonality_loss()

@@ -151,6 +151,24 @@ def test_reconstruction_distillation_is_the_rate_distortion_term_s_distortion_ag
     assert x_hat.grad is not None and teacher.grad is None
 
 
+def test_reconstruction_distillation_for_ms_ssim_is_one_minus_ms_ssim_against_the_teacher():
+    from pytorch_msssim import ms_ssim
+
+    torch.manual_seed(0)
+    teacher = torch.rand(2, 3, 64, 64)
+    x_hat = (teacher + 0.1 * torch.randn_like(teacher)).clamp(0, 1)
+    lmbda = torch.tensor([2.40, 60.50])
+    assert reconstruction_distillation(teacher, teacher, lmbda, "ms-ssim", 3).item() == pytest.approx(
+        0.0, abs=1e-6
+    )
+    similarity = ms_ssim(x_hat, teacher, data_range=1.0, size_average=False, win_size=3)
+    assert reconstruction_distillation(x_hat, teacher, lmbda, "ms-ssim", 3).item() == pytest.approx(
+        (lmbda * (1 - similarity)).mean().item(), rel=1e-5
+    )
+    with pytest.raises(ValueError, match="metric must be mse or ms-ssim"):
+        reconstruction_distillation(x_hat, teacher, lmbda, "psnr")
+
+
 def test_feature_loss_does_not_depend_on_feature_scale():
     torch.manual_seed(0)
     loss = FeatureAlignmentLoss({"a": 4}, {"a": 4})

@@ -426,6 +426,22 @@ def test_reconstruction_distillation_runs_the_teacher_and_joins_the_loss(data, t
     assert all("reconstruction_loss" in r for r in records if "val" not in r)
 
 
+def test_reconstruction_distillation_follows_the_training_metric(data, tmp_path):
+    stages = [Stage("reconstruction_distillation", 2, 1e-4, 0.0, 0.0, reconstruction_weight=0.5)]
+    config = tiny_config(data, stages=stages, metric="ms-ssim", lmbda=None, crop_size=192)
+    trainer = DistillationTrainer(config, tmp_path, progress=False)
+    trainer.objective.eval()
+    torch.manual_seed(0)
+    x = torch.rand(1, 3, 192, 192)
+    teacher_out = trainer.teacher(x, return_features=True)
+    losses = trainer.objective(x, teacher_out, torch.ones(trainer.teacher.M), reconstruction_weight=0.5)
+    expected = trainer_module.reconstruction_distillation(
+        trainer.student(x)["x_hat"], teacher_out["x_hat"], config.lmbda, "ms-ssim"
+    )
+    assert config.lmbda == 8.73 and 0 < expected.item() < 8.73
+    assert losses["reconstruction_loss"].item() == pytest.approx(expected.item(), rel=1e-5)
+
+
 def test_a_decaying_stage_weans_the_student_linearly():
     stage = Stage(
         "channel_distillation", 100, 1e-4, 0.3, 10.0, reconstruction_weight=2.0, distillation_decay=True
@@ -446,8 +462,21 @@ def test_distillation_settings_are_checked():
         TrainingConfig(channel_follows_lambda=True)
     with pytest.raises(ValueError, match="feature_follows_lambda weighs the images of variable-rate"):
         TrainingConfig(feature_follows_lambda=True)
-    with pytest.raises(ValueError, match="reconstruction_weight distils the reconstruction by MSE"):
-        TrainingConfig(metric="ms-ssim", stages=[Stage("a", 4, 1e-4, 0.0, 0.0, reconstruction_weight=1.0)])
+
+
+def test_cli_takes_lambda_from_the_metric_s_table(tmp_path):
+    from compressai_feds.quality import LAMBDAS
+    from compressai_feds.train import build_parser, config_from_args
+
+    def lmbda(*flags: str) -> float:
+        return config_from_args(
+            build_parser().parse_args(["--out", str(tmp_path), "--data", ".", *flags])
+        ).lmbda
+
+    assert lmbda() == LAMBDAS["mse"][3]
+    assert lmbda("--metric", "ms-ssim") == LAMBDAS["ms-ssim"][3]
+    assert lmbda("--metric", "ms-ssim", "-q", "5") == LAMBDAS["ms-ssim"][5]
+    assert lmbda("--metric", "ms-ssim", "--lambda", "3.5") == 3.5
 
 
 def test_cli_sets_the_channel_term_s_form_and_the_lambda_weightings(tmp_path, capsys):
