@@ -174,6 +174,17 @@ def final_student(out_dir):
 def test_resume_after_kill_continues_bit_for_bit(data, tmp_path):
     steps = "3,3,2"
     run_python(*tiny_cli_args(data, tmp_path / "uninterrupted", steps))
+    records = [
+        json.loads(line) for line in (tmp_path / "uninterrupted" / "metrics.jsonl").read_text().splitlines()
+    ]
+    terms = {
+        (r["stage"], term) for r in records for term in ("feature_loss", "reconstruction_loss") if term in r
+    }
+    assert terms == {  # the default stages: feature alignment, then with the teacher's x̂, then RD alone
+        ("feature_alignment", "feature_loss"),
+        ("reconstruction_distillation", "feature_loss"),
+        ("reconstruction_distillation", "reconstruction_loss"),
+    }
     killed = tmp_path / "killed"
     args = tiny_cli_args(data, killed, steps, "--checkpoint-every", "1")
     process = subprocess.Popen([sys.executable, *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
