@@ -1,10 +1,11 @@
 """The three-stage FEDS trainer (paper: training strategy), from one CPU to many GPUs.
 
 One :class:`DistillationTrainer` runs the stages of a :class:`~.config.TrainingConfig`:
-feature alignment (rate-distortion + feature loss), channel-level distillation
-(+ entropy-weighted channel loss), fine-tuning (rate-distortion alone). Without
-a teacher it trains on rate-distortion alone with the same schedule: teacher
-training, and the no-distillation baseline.
+feature alignment (rate-distortion + feature loss), a distillation stage (by default the
+teacher's reconstruction as a target, :func:`~.config.default_stages`; the paper's
+entropy-weighted channel loss where a stage weighs it), fine-tuning (rate-distortion
+alone). Without a teacher it trains on rate-distortion alone with the same schedule:
+teacher training, and the no-distillation baseline.
 
 It never loses work: checkpoints are written atomically every
 ``checkpoint_every`` steps and on SIGTERM/SIGINT, and ``resume`` continues bit
