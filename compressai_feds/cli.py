@@ -17,6 +17,7 @@ exit status; no partial output file is left behind.
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 import time
 from collections.abc import Callable
@@ -79,9 +80,10 @@ def _run_each(paths: list[Path], job: Callable[[Path], str], desc: str) -> int:
 
 
 def encode(args: argparse.Namespace) -> int:
+    from .bdrate import ms_ssim_db
     from .codec import Codec, CodecError, compress_image, compress_to_target
     from .files import write_atomically
-    from .images import image_psnr, open_image
+    from .images import image_ms_ssim, image_psnr, open_image
 
     targeted = args.target_bpp is not None or args.target_psnr is not None
     quality = 3 if args.quality is None else args.quality
@@ -114,9 +116,17 @@ def encode(args: argparse.Namespace) -> int:
         seconds = time.perf_counter() - start
         write_atomically(outputs[path], lambda tmp: tmp.write_bytes(data))
         line = f"{path} -> {outputs[path]}: {len(data) * 8 / (image.width * image.height):.4f} bpp{chosen}, {seconds:.2f} s"
-        if args.metrics and reconstruction is None:
+        if not args.metrics:
+            return line
+        if reconstruction is None:
             reconstruction = compress_image(codec, image, args.tile_size)[1]
-        return line + (f", PSNR {image_psnr(image, reconstruction):.2f} dB" if args.metrics else "")
+        line += f", PSNR {image_psnr(image, reconstruction):.2f} dB"
+        similarity = image_ms_ssim(image, reconstruction)
+        return line + (
+            ""
+            if math.isnan(similarity)
+            else f", MS-SSIM {similarity:.4f} ({ms_ssim_db(min(similarity, 1 - 1e-10)):.2f} dB)"
+        )
 
     return _run_each(args.inputs, job, "encode")
 
@@ -198,7 +208,7 @@ def build_parser() -> argparse.ArgumentParser:
     enc.add_argument("-m", "--metric", default="mse", choices=sorted(LAMBDAS))
     enc.add_argument("--checkpoint", type=Path, help="use these weights instead of the zoo's")
     enc.add_argument("--tile-size", type=int, default=1024, help="side of the independently coded tiles")
-    enc.add_argument("--metrics", action="store_true", help="also print the PSNR of the decoded image")
+    enc.add_argument("--metrics", action="store_true", help="also print the decoded image's PSNR and MS-SSIM")
     enc.set_defaults(run=encode)
     dec = commands.add_parser("decode", help="decompress .feds files to PNG")
     dec.add_argument("inputs", nargs="+", type=Path)

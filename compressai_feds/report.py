@@ -32,14 +32,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from statistics import mean
 
-import numpy as np
 import torch
 from PIL import Image, features
-from pytorch_msssim import ms_ssim
 from tqdm import tqdm
 
 from .bdrate import MS_SSIM_DB, Curve, CurveError, bd_psnr, bd_rate, quality_values
-from .images import SAMPLES, image_paths, open_image, psnr, rgb_image
+from .images import MIN_MS_SSIM_SIDE, SAMPLES, image_ms_ssim, image_paths, image_psnr, open_image, rgb_image
 from .plots import plot_rd
 from .quality import QUALITIES
 
@@ -62,7 +60,6 @@ PUBLISHED = {
 AXES = {"mse": ("psnr-rgb", "PSNR RGB (dB)"), "ms-ssim": (MS_SSIM_DB, "MS-SSIM RGB (dB)")}
 #: Published curves beside the repository (a checkout's ``../shared``), wherever the command runs.
 DEFAULT_REFERENCE = Path(__file__).resolve().parent.parent.parent / "shared" / "reference" / "rd-kodak"
-MIN_MS_SSIM_SIDE = 161  # five scales of an 11-tap window
 
 
 @dataclass
@@ -196,21 +193,6 @@ def learned_codecs(
     return runs, notes
 
 
-def _quality(original: Image.Image, decoded: Image.Image) -> tuple[float, float]:
-    """PSNR (dB) and MS-SSIM of an 8-bit RGB decoded image."""
-    x = torch.from_numpy(np.asarray(original, dtype=np.float32) / 255).permute(2, 0, 1)[None]
-    y = torch.from_numpy(np.asarray(decoded, dtype=np.float32) / 255).permute(2, 0, 1)[None]
-    quality = psnr(torch.mean((x - y) ** 2).item())
-    if min(original.size) < MIN_MS_SSIM_SIDE:
-        return quality, math.nan
-    onednn = torch.backends.mkldnn.enabled
-    torch.backends.mkldnn.enabled = False  # oneDNN is ~5x slower on these small filters
-    try:
-        return quality, ms_ssim(x, y, data_range=1.0).item()
-    finally:
-        torch.backends.mkldnn.enabled = onednn
-
-
 def measure(runs: list[CodecRun], images: list[Image.Image], progress: bool = True) -> None:
     """Codes every image with every setting of every run; fills ``run.points``
     with the means over the images."""
@@ -230,7 +212,7 @@ def measure(runs: list[CodecRun], images: list[Image.Image], progress: bool = Tr
                     decoding = time.perf_counter() - start
                     if decoded.size != image.size:
                         raise RuntimeError(f"{run.name}: decoded size {decoded.size} != {image.size}")
-                    psnr_db, msssim = _quality(image, decoded.convert("RGB"))
+                    psnr_db, msssim = image_psnr(image, decoded), image_ms_ssim(image, decoded)
                     pixels = image.width * image.height
                     per_image.append((len(data) * 8 / pixels, psnr_db, msssim, encoding, decoding, pixels))
                     bar.update(1)

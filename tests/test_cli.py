@@ -17,7 +17,9 @@ from PIL import Image
 
 from compressai_feds import FEDSStudent
 from compressai_feds.cli import main
+from compressai_feds.bdrate import ms_ssim_db
 from compressai_feds.codec import Codec, compress_image
+from compressai_feds.images import image_ms_ssim
 
 SCRIPT = str(Path(sys.executable).parent / "compressai-feds")
 
@@ -68,6 +70,29 @@ def test_encode_info_decode_round_trip(files):
         _, expected = compress_image(codec, Image.open(root / f"{name}.png"))
         got = Image.open(root / "dec" / f"{name}.png")
         assert got.mode == mode and np.array_equal(np.asarray(got), np.asarray(expected))
+
+
+def test_encode_metrics_give_ms_ssim_where_its_five_scales_fit(run, files, tmp_path):
+    root, checkpoint = files
+    rng = np.random.default_rng(1)
+    big = Image.fromarray(rng.integers(0, 255, (170, 180, 3), dtype=np.uint8))
+    big.save(tmp_path / "big.png")
+    result = run(
+        "encode",
+        tmp_path / "big.png",
+        root / "a.png",
+        "-o",
+        tmp_path,
+        "--checkpoint",
+        checkpoint,
+        "--metrics",
+    )
+    assert result.returncode == 0, result.stderr
+    big_line, small_line = sorted(result.stdout.strip().splitlines(), key=lambda line: "big" not in line)
+    _, decoded = compress_image(Codec.from_checkpoint(checkpoint), big)
+    expected = image_ms_ssim(big, decoded)
+    assert f"MS-SSIM {expected:.4f} ({ms_ssim_db(expected):.2f} dB)" in big_line
+    assert "PSNR" in small_line and "MS-SSIM" not in small_line  # 50x40: too small for five scales
 
 
 def assert_clean_failures(result: subprocess.CompletedProcess, count: int, out_dir: Path) -> None:
