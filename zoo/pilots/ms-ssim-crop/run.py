@@ -12,9 +12,14 @@ loss λ(1 − MS-SSIM) + bpp).
 
     python zoo/pilots/ms-ssim-crop/run.py crop128 crop256 [--steps N]   # from the repository root
     python zoo/pilots/ms-ssim-crop/run.py scratch --crop 256 [--steps N]
+    python zoo/pilots/ms-ssim-crop/run.py --table   # the table of zoo/README.md, from the logs
+
+Each arm's ``config.json`` and ``metrics.jsonl`` are copied beside this file when it finishes.
 """
 
 import argparse
+import json
+import statistics
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -55,28 +60,59 @@ def arm_config(campaign: Campaign, arm: str, steps: int, crop: int) -> TrainingC
     )
 
 
+def log_of(arm: str) -> list[dict]:
+    """The arm's records: from its run folder while there is one, else the copy beside this file."""
+    for path in (Path("runs/pilots") / PILOT.name / arm / "metrics.jsonl", PILOT / arm / "metrics.jsonl"):
+        if path.is_file():
+            return [json.loads(line) for line in path.read_text().splitlines()]
+    return []
+
+
+def table() -> None:
+    """Each arm's validations: MS-SSIM dB and bpp at q1 / q3 / q6, and the RD loss against
+    ``crop128``'s at the same step. CPU hours: one thread, the arm's median step time."""
+    logs = {arm: log_of(arm) for arm in ARMS}
+    reference = {r["step"]: r["val"] for r in logs["crop128"] if "val" in r}
+    print("| arm | step | CPU h | q1: MS-SSIM dB (bpp) | q3 | q6 | RD loss vs crop128, q1 / q3 / q6 |")
+    print("|---|---|---|---|---|---|---|")
+    for arm, records in logs.items():
+        step_seconds = (
+            statistics.median(1 / r["it_per_s"] for r in records if r.get("it_per_s")) if records else 0
+        )
+        for record in (r for r in records if "val" in r):
+            step, val = record["step"], record["val"]
+            cells = [f"{val[f'q{q}']['ms_ssim_db']:.3f} ({val[f'q{q}']['bpp']:.4f})" for q in (1, 3, 6)]
+            versus = ""
+            if arm != "crop128" and step in reference:
+                versus = " / ".join(
+                    f"{(val[f'q{q}']['rd_loss'] / reference[step][f'q{q}']['rd_loss'] - 1) * 100:+.1f}%"
+                    for q in (1, 3, 6)
+                )
+            print(
+                f"| {arm} | {step:,} | {step * step_seconds / 3600:.2f} | "
+                + " | ".join(cells)
+                + f" | {versus} |"
+            )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("arms", nargs="+", help=f"of {', '.join(ARMS)}")
+    parser.add_argument("arms", nargs="*", help=f"of {', '.join(ARMS)}")
     parser.add_argument("--steps", type=int, default=1500)
     parser.add_argument("--crop", type=int, default=256, choices=(128, 256), help="the scratch arm's crops")
+    parser.add_argument("--table", action="store_true", help="print the table of the arms' validations")
     args = parser.parse_args()
-    if set(args.arms) - set(ARMS):
+    if args.table:
+        return table()
+    if not args.arms or set(args.arms) - set(ARMS):
         parser.error(f"name arms of {', '.join(ARMS)}")
     campaign = Campaign(Recipe.load("zoo/recipe.json"), "runs/campaign", "zoo", progress=False)
     if not DATA.is_dir():
         campaign.prepare_data()
-    metrics = train_side_by_side(
-        PILOT, {arm: arm_config(campaign, arm, args.steps, args.crop) for arm in args.arms}
-    )
-    print(f"{args.steps} steps: validation at q1 / q3 / q6, MS-SSIM dB (RD loss)")
-    for arm, records in metrics.items():
-        val = [r for r in records if "val" in r][-1]["val"]
-        cells = [f"{val[f'q{q}']['ms_ssim_db']:.3f} ({val[f'q{q}']['rd_loss']:.4f})" for q in (1, 3, 6)]
-        speed = [r["it_per_s"] for r in records if "it_per_s" in r]
-        print(f"{arm:10} " + " / ".join(cells) + f" | {sum(speed) / len(speed):.3f} steps/s")
+    train_side_by_side(PILOT, {arm: arm_config(campaign, arm, args.steps, args.crop) for arm in args.arms})
+    table()
 
 
 if __name__ == "__main__":
