@@ -16,8 +16,8 @@ from helpers import run_main
 from PIL import Image
 
 from compressai_feds import FEDSStudent
-from compressai_feds.cli import main
 from compressai_feds.bdrate import ms_ssim_db
+from compressai_feds.cli import main
 from compressai_feds.codec import Codec, compress_image
 from compressai_feds.images import image_ms_ssim
 
