@@ -31,17 +31,16 @@ MS_SSIM_DB = "ms-ssim-db"
 
 def ms_ssim_db(value: float) -> float:
     """MS-SSIM in decibels, ``−10·log10(1 − MS-SSIM)``: the axis on which CompressAI plots
-    and compares MS-SSIM, spread out near 1."""
-    return -10 * math.log10(1 - value)
+    and compares MS-SSIM, spread out near 1; ``inf`` for 1 (identical images), as
+    :func:`~.images.psnr` for no error."""
+    return -10 * math.log10(1 - value) if value < 1 else math.inf
 
 
 def quality_values(results: dict, axis: str) -> list:
     """The ``axis`` values of CompressAI results (``psnr-rgb``, ``ms-ssim-rgb``, or
     ``ms-ssim-db`` computed from ``ms-ssim-rgb``); ``KeyError`` names what is missing."""
     if axis == MS_SSIM_DB:
-        return [
-            (ms_ssim_db(v) if v < 1 else math.inf) if _is_number(v) else v for v in results["ms-ssim-rgb"]
-        ]
+        return [ms_ssim_db(v) if _is_number(v) else v for v in results["ms-ssim-rgb"]]
     return results[axis]
 
 

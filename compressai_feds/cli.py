@@ -123,9 +123,7 @@ def encode(args: argparse.Namespace) -> int:
         line += f", PSNR {image_psnr(image, reconstruction):.2f} dB"
         similarity = image_ms_ssim(image, reconstruction)
         return line + (
-            ""
-            if math.isnan(similarity)
-            else f", MS-SSIM {similarity:.4f} ({ms_ssim_db(min(similarity, 1 - 1e-10)):.2f} dB)"
+            "" if math.isnan(similarity) else f", MS-SSIM {similarity:.4f} ({ms_ssim_db(similarity):.2f} dB)"
         )
 
     return _run_each(args.inputs, job, "encode")
