@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import run_main
+from helpers import SAMPLES, run_main
 from PIL import Image
 
 from compressai_feds import FEDSStudent
@@ -20,6 +20,7 @@ from compressai_feds.bdrate import ms_ssim_db
 from compressai_feds.cli import main
 from compressai_feds.codec import Codec, compress_image
 from compressai_feds.images import image_ms_ssim
+from compressai_feds.zoo import CHECKPOINT_DIR_ENV
 
 SCRIPT = str(Path(sys.executable).parent / "compressai-feds")
 
@@ -160,7 +161,7 @@ def test_unreadable_file_fails_cleanly(files, tmp_path, run):
     assert_clean_failures(result, 1, tmp_path / "out")
 
 
-def test_wrong_model_and_bad_checkpoint_are_named(files, tmp_path, run):
+def test_wrong_model_and_bad_checkpoint_are_named(files, tmp_path, run, monkeypatch):
     root, checkpoint = files
     assert (
         run("encode", root / "a.png", "-o", tmp_path / "a.feds", "--checkpoint", checkpoint).returncode == 0
@@ -177,12 +178,26 @@ def test_wrong_model_and_bad_checkpoint_are_named(files, tmp_path, run):
     assert not (tmp_path / "a.png").exists()
     no_checkpoint = run("decode", tmp_path / "a.feds", "-o", tmp_path / "a.png")
     assert no_checkpoint.returncode == 1 and "pass it with --checkpoint" in no_checkpoint.stderr
-    # the zoo ships MSE models only: an MS-SSIM one is missing at every quality
+    # a zoo folder without the asked-for model: named, not replaced by random weights
+    monkeypatch.setenv(CHECKPOINT_DIR_ENV, str(tmp_path))
     zoo = run("encode", root / "a.png", "-o", tmp_path / "z.feds", "-q", "2", "-m", "ms-ssim")
     assert zoo.returncode == 2 and "no pretrained feds-student checkpoint" in zoo.stderr
     (tmp_path / "junk.pth.tar").write_bytes(b"junk")
     junk = run("encode", root / "a.png", "-o", tmp_path / "j.feds", "--checkpoint", tmp_path / "junk.pth.tar")
     assert junk.returncode == 2 and "refusing checkpoint" in junk.stderr and "Traceback" not in junk.stderr
+
+
+def test_zoo_ms_ssim_model_codes_records_its_metric_and_decodes_without_a_checkpoint(tmp_path, run):
+    """``encode -m ms-ssim`` takes the shipped model trained for MS-SSIM; the file says so and
+    ``decode`` finds the same model in the zoo by itself."""
+    image = Image.open(sorted(SAMPLES.glob("*.png"))[0]).crop((0, 0, 192, 128))
+    image.save(tmp_path / "s.png")
+    encoded = run("encode", tmp_path / "s.png", "-o", tmp_path / "s.feds", "-q", "2.5", "-m", "ms-ssim")
+    assert encoded.returncode == 0, encoded.stderr
+    assert "ms-ssim" in run("info", tmp_path / "s.feds").stdout
+    assert run("decode", tmp_path / "s.feds", "-o", tmp_path / "d.png").returncode == 0
+    _, expected = compress_image(Codec.from_zoo("feds-student", 2.5, "ms-ssim"), image)
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "d.png")), np.asarray(expected))
 
 
 def test_output_suffix_picks_the_format_and_png_refuses_cmyk(files, tmp_path, run):

@@ -3,6 +3,7 @@ latent whatever the threads, kernels, memory layout or float rounding, and a
 stream that does not decode consistently is refused."""
 
 import copy
+import itertools
 import re
 from contextlib import contextmanager
 from pathlib import Path
@@ -280,29 +281,29 @@ def test_old_format_version_is_refused_naming_both(version):
         unpack(data)
 
 
-def shipped_checkpoints() -> list[tuple[str, float]]:
-    """(architecture, quality) of every checkpoint in the zoo folder: a fixed-rate file at its
-    quality, a variable-rate one at each of the six levels and at 2.5."""
+def shipped_checkpoints() -> list[tuple[str, str, float]]:
+    """(architecture, metric, quality) of every checkpoint in the zoo folder: a fixed-rate file
+    at its quality, a variable-rate one at each of the six levels and at 2.5."""
     cases = []
     for path in sorted(checkpoint_dir().glob("*.pth.tar")):
-        match = re.fullmatch(r"(feds-\w+?)-mse-(?:(\d)-)?[0-9a-f]+\.pth\.tar", path.name)
+        match = re.fullmatch(r"(feds-\w+?)-(mse|ms-ssim)-(?:(\d)-)?[0-9a-f]+\.pth\.tar", path.name)
         if match:
-            cases += (
-                [(match[1], int(match[2]))] if match[2] else [(match[1], q) for q in (1, 2, 2.5, 3, 4, 5, 6)]
-            )
+            qualities = [int(match[3])] if match[3] else [1, 2, 2.5, 3, 4, 5, 6]
+            cases += [(match[1], match[2], quality) for quality in qualities]
     return cases
 
 
-def test_the_zoo_folder_holds_checkpoints_of_both_architectures():
-    assert {architecture for architecture, _ in shipped_checkpoints()} == {"feds-student", "feds-teacher"}
+def test_the_zoo_folder_holds_both_architectures_for_both_metrics():
+    found = {(architecture, metric) for architecture, metric, _ in shipped_checkpoints()}
+    assert found == set(itertools.product(("feds-student", "feds-teacher"), ("mse", "ms-ssim")))
 
 
-@pytest.mark.parametrize("architecture, quality", shipped_checkpoints())
-def test_every_shipped_checkpoint_round_trips_exactly(architecture, quality, images):
+@pytest.mark.parametrize("architecture, metric, quality", shipped_checkpoints())
+def test_every_shipped_checkpoint_round_trips_exactly(architecture, metric, quality, images):
     """Each quality's weights, not only quality 3's: loaded as a user loads them,
     they decode their own stream to the same latent and a sensible image."""
     factory = {"feds-student": feds_student, "feds-teacher": feds_teacher}[architecture]
-    net = factory(quality=quality, pretrained=True).eval()
+    net = factory(quality=quality, metric=metric, pretrained=True).eval()
     x = images[0][:, :, :128, :128]
     encoded = net.compress(x)
     decoded = decode(net, encoded)

@@ -7,7 +7,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import run_python, sample_crops, train_briefly
+from helpers import SAMPLES, run_python, sample_crops, train_briefly
+from PIL import Image
+from pytorch_msssim import ms_ssim
+from torchvision.transforms.functional import to_tensor
 
 from compressai_feds import FEDSStudent, FEDSTeacher, feds_student, feds_teacher
 from compressai_feds.checkpoint_io import shared_duplicates
@@ -53,10 +56,21 @@ def test_missing_checkpoint_names_architecture_metric_and_quality(tmp_path, monk
     assert str(tmp_path) in message
 
 
-def test_shipped_folder_without_checkpoints_raises_instead_of_random_weights(monkeypatch):
+def test_the_ms_ssim_student_spends_fewer_bits_for_more_ms_ssim_than_the_mse_one(monkeypatch):
+    """The shipped zoo serves both metrics with their own weights: at the same quality the
+    student trained for MS-SSIM reaches a higher MS-SSIM with fewer bits than the MSE one (on
+    Kodak at quality 3: 14.81 dB at 0.359 bpp against 14.20 dB at 0.453 bpp)."""
     monkeypatch.delenv(CHECKPOINT_DIR_ENV, raising=False)
-    with pytest.raises(FileNotFoundError, match="no pretrained feds-teacher checkpoint"):
-        feds_teacher(quality=6, metric="ms-ssim", pretrained=True)  # the zoo ships MSE models only
+    x = to_tensor(Image.open(sorted(SAMPLES.glob("*.png"))[0]).convert("RGB").crop((0, 0, 256, 256)))[None]
+    scores = {}
+    for metric in ("mse", "ms-ssim"):
+        net = feds_student(quality=3, metric=metric, pretrained=True).eval()
+        with torch.no_grad():
+            out = net.compress(x)
+            x_hat = net.decompress(out["strings"], out["shape"])["x_hat"].clamp(0, 1)
+        bits = sum(len(s[0]) for s in out["strings"]) * 8
+        scores[metric] = (bits, ms_ssim(x_hat, x, data_range=1.0).item())
+    assert scores["ms-ssim"][0] < scores["mse"][0] and scores["ms-ssim"][1] > scores["mse"][1], scores
 
 
 def test_pretrained_loads_the_exported_checkpoint(exported_student, monkeypatch):
@@ -155,13 +169,13 @@ def test_the_wheel_ships_the_package_the_zoo_weights_and_model_card_and_installs
         sizes = {info.filename: info.file_size for info in archive.infolist()}
     shipped = {name.removeprefix("compressai_feds/checkpoints/") for name in sizes if "/checkpoints/" in name}
     zoo = {path.name for path in (repo / "zoo" / SHIPPED).glob("*.pth.tar")}
-    assert shipped == zoo | {"README.md"} and len(zoo) == 2  # v2: one teacher, one student
+    assert shipped == zoo | {"README.md"} and len(zoo) == 4  # v2: a teacher and a student per metric
     package = {path.relative_to(repo).as_posix() for path in (repo / "compressai_feds").rglob("*.py")}
     package.remove("compressai_feds/plugin_hook.py")  # installed as the top-level compressai_plugin_hook
     assert package <= set(sizes)
     outside = {n for n in sizes if not n.startswith(("compressai_feds/", "compressai_feds-"))}
     assert outside == {"compressai_plugin_hook.py", "compressai_plugin_hook.pth"}
-    assert sum(size for name, size in sizes.items() if name.endswith(".pth.tar")) < 40e6
+    assert sum(size for name, size in sizes.items() if name.endswith(".pth.tar")) < 70e6
 
     venv = tmp_path / "venv"
     run_python("-m", "venv", str(venv))
