@@ -342,13 +342,13 @@ def write_report(
             f"| {run.name} | {encoding * 1e3:.1f} | {decoding * 1e3:.1f} | "
             f"{megapixels / encoding:.2f} | {megapixels / decoding:.2f} |"
         )
-    lines += ["", "## Points", ""]
+    lines += ["", f"## Points (bpp, {axis_name})", ""]
     for run in runs:
         lines.append(
             f"**{run.name}**: "
             + "; ".join(
-                f"{s.label}: {p['bpp']:.3f} bpp, {p['psnr-rgb']:.2f} dB"
-                for s, p in zip(run.settings, run.points, strict=True)
+                f"{s.label}: {p['bpp']:.3f} bpp, {value:.2f} dB"
+                for s, p, value in zip(run.settings, run.points, run.quality(axis), strict=True)
             )
         )
         lines.append("")

@@ -214,6 +214,7 @@ def test_an_ms_ssim_report_ranks_curves_in_ms_ssim_db_against_the_published_ms_s
     assert "fewer bits at equal MS-SSIM (dB)" in report
     row = next(line for line in report.splitlines() if line.startswith("| feds-student (measured) |"))
     assert row.endswith("| -50.0% (+2.00 dB) |")  # half the rate of the MS-SSIM model's curve
+    assert "## Points (bpp, MS-SSIM RGB (dB))" in report and "q1: 0.200 bpp, 12.00 dB" in report
 
 
 def test_an_ms_ssim_report_needs_images_large_enough_for_five_scales(tmp_path, capsys):
