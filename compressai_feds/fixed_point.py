@@ -14,12 +14,13 @@ parameters, latent residual prediction) are evaluated on integers:
 * each output channel's weights are scaled by a power of two to at most
   ``WEIGHT_LIMIT`` and rounded to 8-bit integers; biases are rounded to the
   accumulator's grid;
-* a convolution is an exact integer matrix product: int8 products with int32
-  sums (``torch._int_mm``) of the weights and each base-256 digit of the
-  activations (taken from shifted views, ``unfold`` or before a ``fold``),
-  recombined in float64 on integers whose partial sums all stay below
-  ``2**53`` (checked when the network is built), so every machine and every
-  order of summation gives the same result;
+* a convolution is an exact integer matrix product (the activations taken
+  from shifted views, ``unfold`` or before a ``fold``): where oneDNN has
+  int8 kernels with VNNI, int8 products with int32 sums (``torch._int_mm``)
+  of the weights and each base-256 digit of the activations, recombined in
+  float64; elsewhere one float64 product of the same integers. Every partial
+  sum is an integer below ``2**53`` (checked when the network is built), so
+  both ways, every machine and every order of summation give the same result;
 * rescaling multiplies by a power of two and rounds half to even; GELU and
   ``0.5·tanh`` are tables on the grid over ``[-TABLE_RANGE, TABLE_RANGE]``,
   outside which they equal ``x``/``0`` and ``±0.5`` on the grid.
@@ -87,16 +88,28 @@ def _digits(values: Tensor) -> list[Tensor]:
     return [((shifted >> (8 * i)) & 255).sub_(128).to(torch.int8) for i in range(count)]
 
 
+def int8_products_are_fast() -> bool:
+    """Whether ``torch._int_mm`` runs on oneDNN's int8 kernels here (CPUs with
+    AVX-512 VNNI). Elsewhere (AVX2 only, or oneDNN switched off) it falls back to
+    a plain loop, hundreds of times slower than a float64 matrix product."""
+    return bool(
+        torch.backends.mkldnn.is_available()
+        and torch.backends.mkldnn.enabled
+        and torch.cpu.get_capabilities().get("avx512_vnni", False)
+    )
+
+
 class FixedPointConv(nn.Module):
     """A :class:`~torch.nn.Conv2d` or :class:`~torch.nn.ConvTranspose2d` on grid
     integers: 8-bit integer weights per output channel, exact integer sums, and a
     rounded power-of-two rescaling back to the grid.
 
-    Products are int8 matrix products with int32 sums (``torch._int_mm``) of
-    the weights and each base-256 digit of the activations; the digits' sums
-    are scaled by their power of 256 and added in float64, on integers below
-    ``2**53`` (checked when the layer is built). Integer arithmetic
-    throughout: the same result on every machine, in any summation order.
+    Where :func:`int8_products_are_fast`, products are int8 matrix products
+    with int32 sums (``torch._int_mm``) of the weights and each base-256 digit
+    of the activations, the digits' sums scaled by their power of 256 and added
+    in float64; elsewhere one float64 matrix product of the weights and the
+    activations. Both sum integers below ``2**53`` (checked when the layer is
+    built): the same result on every machine, either way, in any summation order.
     """
 
     def __init__(self, conv: nn.Conv2d | nn.ConvTranspose2d) -> None:
@@ -146,11 +159,15 @@ class FixedPointConv(nn.Module):
             "rescale", torch.ldexp(torch.ones_like(shift), -shift).view(-1, 1, 1), persistent=False
         )
 
-    def _product(self, digits: list[Tensor], product: Callable[[Tensor], Tensor]) -> Tensor:
-        """``sum(product(digit_i) * 256**i)`` in float64."""
-        acc = product(digits[0]).double()
+    def _product(self, values: Tensor, operand: Callable[[Tensor], Tensor]) -> Tensor:
+        """``matrix @ operand(values)`` in float64, exactly: ``operand`` arranges
+        a ``(C, N)`` tensor (int8 digits or float64 integers) as the columns."""
+        if not int8_products_are_fast():
+            return self.matrix.double() @ operand(values.double())
+        digits = _digits(values.to(torch.int32))
+        acc = torch._int_mm(self.matrix, operand(digits[0])).double()
         for i, digit in enumerate(digits[1:], start=1):
-            acc.add_(product(digit), alpha=DIGIT_BASE**i)
+            acc.add_(torch._int_mm(self.matrix, operand(digit)), alpha=DIGIT_BASE**i)
         return acc
 
     def _convolve(self, image: Tensor) -> Tensor:
@@ -161,13 +178,10 @@ class FixedPointConv(nn.Module):
             pad = kernel // 2
             padded_width = width + 2 * pad
             # +1 row: the last tap's slice; columns beyond the width are dropped at the end
-            digits = [F.pad(d, (pad, pad, pad, pad + 1)).reshape(channels, -1) for d in _digits(image)]
+            padded = F.pad(image, (pad, pad, pad, pad + 1)).reshape(channels, -1)
             length = height * padded_width
             starts = [(tap // kernel) * padded_width + tap % kernel for tap in range(kernel * kernel)]
-            acc = self._product(
-                digits,
-                lambda d: torch._int_mm(self.matrix, torch.cat([d[:, i : i + length] for i in starts])),
-            )
+            acc = self._product(padded, lambda d: torch.cat([d[:, i : i + length] for i in starts]))
             return acc.view(-1, height, padded_width)[..., :width]
         if self.transposed:
             size = [
@@ -181,9 +195,7 @@ class FixedPointConv(nn.Module):
                     strict=True,
                 )
             ]
-            columns = self._product(
-                _digits(image.reshape(channels, -1)), lambda d: torch._int_mm(self.matrix, d)
-            )
+            columns = self._product(image.reshape(channels, -1), lambda d: d)
             return F.fold(columns, size, self.kernel_size, padding=self.padding, stride=self.stride)
         size = [
             (n + 2 * p - k) // s + 1
@@ -191,8 +203,7 @@ class FixedPointConv(nn.Module):
         ]
         # (unfold has no integer kernel; float64 holds the int32 values exactly)
         columns = F.unfold(image.double(), self.kernel_size, padding=self.padding, stride=self.stride)
-        columns = columns.to(torch.int32)
-        return self._product(_digits(columns), lambda d: torch._int_mm(self.matrix, d)).view(-1, *size)
+        return self._product(columns, lambda d: d).view(-1, *size)
 
     def forward(self, a: Tensor) -> Tensor:
         acc = self._convolve(a[0])[None] if len(a) == 1 else torch.stack([self._convolve(i) for i in a])

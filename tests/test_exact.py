@@ -17,7 +17,7 @@ from helpers import SAMPLES
 from PIL import Image
 from torchvision.transforms.functional import to_tensor
 
-from compressai_feds import feds_student, feds_teacher
+from compressai_feds import feds_student, feds_teacher, fixed_point
 from compressai_feds.entropy_coding import BitstreamError
 from compressai_feds.fixed_point import (
     ACTIVATION_LIMIT,
@@ -69,8 +69,21 @@ def perturbed_float_convolutions(relative: float, seed: int = 0):
             setattr(F, name, function)
 
 
+@contextmanager
+def products(int8: bool):
+    """Force the int8 (``torch._int_mm`` on digits) or the float64 matrix products."""
+    original = fixed_point.int8_products_are_fast
+    fixed_point.int8_products_are_fast = lambda: int8
+    try:
+        yield
+    finally:
+        fixed_point.int8_products_are_fast = original
+
+
 # -- the fixed-point layers --------------------------------------------------
 
+
+@pytest.mark.parametrize("int8", [True, False], ids=["int8", "float64"])
 
 @pytest.mark.parametrize(
     "layer, size",
@@ -82,14 +95,14 @@ def perturbed_float_convolutions(relative: float, seed: int = 0):
         (deconv(24, 40, kernel_size=5, stride=2), (5, 7)),
     ],
 )
-def test_fixed_point_convolution_is_exact_and_close_to_float(layer, size):
+def test_fixed_point_convolution_is_exact_and_close_to_float(layer, size, int8):
     torch.manual_seed(0)
     fixed = FixedPointConv(layer)
     x = torch.randn(2, 24, *size) * 4
     a = to_grid(x)
-    with threads(1):
+    with products(int8), threads(1):
         out = fixed(a)
-    with threads(2):
+    with products(int8), threads(2):
         assert torch.equal(fixed(a.contiguous(memory_format=torch.channels_last)), out)
     # against float64 convolution of the same integers (exact below 2**53), rounded the same way
     if fixed.transposed:
@@ -122,7 +135,8 @@ def test_activations_split_into_as_few_base_256_digits_as_they_need(low, high, c
     assert len(_digits(torch.tensor([-ACTIVATION_LIMIT, ACTIVATION_LIMIT]).int())) == 3
 
 
-def test_products_are_exact_up_to_the_activation_limit():
+@pytest.mark.parametrize("int8", [True, False], ids=["int8", "float64"])
+def test_products_are_exact_up_to_the_activation_limit(int8):
     torch.manual_seed(0)
     fixed = FixedPointConv(conv(24, 40, kernel_size=3, stride=1))
     a = torch.randint(-ACTIVATION_LIMIT, ACTIVATION_LIMIT + 1, (1, 24, 6, 5)).int()
@@ -131,7 +145,8 @@ def test_products_are_exact_up_to_the_activation_limit():
     expected = torch.round((reference + fixed.bias) * fixed.rescale).clamp(
         -ACTIVATION_LIMIT, ACTIVATION_LIMIT
     )
-    assert torch.equal(fixed(a).double(), expected)
+    with products(int8):
+        assert torch.equal(fixed(a).double(), expected)
 
 
 def test_tables_meet_their_limits_at_the_ends():
@@ -228,6 +243,17 @@ def test_without_onednn_or_in_channels_last_decodes_the_same_latent(codecs, imag
     for net in codecs:
         for x in images:
             assert_same_latent_without_onednn_and_in_channels_last(net, net.compress(x))
+
+
+def test_int8_and_float64_products_decode_the_same_latent(codecs, images):
+    """A machine with oneDNN's int8 kernels and one without decode each
+    other's streams."""
+    for net in codecs:
+        for x, (encode_int8, decode_int8) in zip(images, [(True, False), (False, True)], strict=False):
+            with products(encode_int8):
+                encoded = net.compress(x)
+            with products(decode_int8):
+                assert_same_latent(net, encoded, decode(net, encoded))
 
 
 def test_perturbed_float_convolutions_decode_the_same_latent(codecs, images):
