@@ -84,7 +84,6 @@ def products(int8: bool):
 
 
 @pytest.mark.parametrize("int8", [True, False], ids=["int8", "float64"])
-
 @pytest.mark.parametrize(
     "layer, size",
     [
