@@ -4,7 +4,8 @@ the fixed-point matrix products, on the same images, interleaved image by image
 
 * ``int8``: ``torch._int_mm`` on oneDNN's int8 kernels (AVX-512 VNNI);
 * ``int8-no-onednn``: ``torch._int_mm`` with oneDNN switched off, the plain-loop
-  fallback (what a CPU without VNNI ran before ``int8_products_are_fast``);
+  fallback (what a CPU without VNNI ran before ``int8_products_are_fast``; the
+  float transforms lose oneDNN too, so this overstates the products' share);
 * ``float64``: one float64 matrix product (what such a CPU runs now).
 
 Each way decodes the same bytes to the same latent (checked). Run from the
