@@ -12,7 +12,7 @@ import json
 import sys
 from pathlib import Path
 
-from compressai_feds.bdrate import Curve, bd_rate
+from compressai_feds.bdrate import Curve, CurveError, bd_rate
 from compressai_feds.plots import kept_validation
 
 QUALITIES = [f"q{i}" for i in range(1, 7)]
@@ -25,8 +25,17 @@ def validations(job: str) -> dict[int, dict]:
     return {r["step"]: kept_validation(r) for r in records if "val" in r}
 
 
-def curve(name: str, val: dict) -> Curve:
-    return Curve(name, [val[q]["bpp"] for q in QUALITIES], [val[q]["psnr"] for q in QUALITIES])
+def bd_cell(test: str, val: dict, anchor: str, anchor_val: dict) -> str:
+    """The BD-rate of ``val``'s six points against ``anchor_val``'s, or why there is none
+    (early validations need not rise with the rate)."""
+    try:
+        curves = [
+            Curve.from_points(name, [v[q]["bpp"] for q in QUALITIES], [v[q]["psnr"] for q in QUALITIES])
+            for name, v in ((anchor, anchor_val), (test, val))
+        ]
+        return f"{bd_rate(*curves):+.1f}%"
+    except CurveError as exc:
+        return exc.reason
 
 
 def main(test: str, anchor: str) -> None:
@@ -36,7 +45,7 @@ def main(test: str, anchor: str) -> None:
         rd = " / ".join(
             f"{(a[step][q]['rd_loss'] / b[step][q]['rd_loss'] - 1) * 100:+.1f}" for q in QUALITIES
         )
-        print(f"{step:6d}  {rd}%  BD {bd_rate(curve(anchor, b[step]), curve(test, a[step])):+.1f}%")
+        print(f"{step:6d}  {rd}%  BD {bd_cell(test, a[step], anchor, b[step])}")
 
 
 if __name__ == "__main__":
